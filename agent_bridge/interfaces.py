@@ -1,0 +1,102 @@
+"""The small interfaces every engine implements, offline default and cloud alike."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A piece of recognised speech; times are in the audio clock of the session, in ms."""
+
+    text: str
+    final: bool
+    start_ms: int
+    end_ms: int
+
+
+class EngineError(Exception):
+    """An engine failed; the call stays up and the browser gets an `error` event."""
+
+    def __init__(self, engine: str, message: str) -> None:
+        super().__init__(f"{engine}: {message}")
+        self.engine = engine
+        self.message = message
+
+
+InterimCallback = Callable[[Transcript], None]
+
+
+class SpeechToTextSession(ABC):
+    """One call's recognition stream. Audio is 16 kHz mono signed 16-bit little-endian PCM."""
+
+    @abstractmethod
+    def push(self, pcm: bytes) -> None:
+        """Append audio of the current turn. Cheap and non-blocking."""
+
+    def speech_paused(self) -> None:
+        """Voice activity stopped: an engine may start its final pass early (speculatively)."""
+
+    def speech_resumed(self) -> None:
+        """Voice activity came back before the turn ended: drop any speculative pass."""
+
+    @abstractmethod
+    async def finish_turn(self) -> Transcript | None:
+        """The final transcript of the audio pushed since the last turn, or None if nothing was said."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the audio of the current turn (e.g. a barge-in that was only noise)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the stream; further calls are errors."""
+
+
+class SpeechToText(ABC):
+    """A process-wide speech-to-text engine that opens one session per call."""
+
+    name: str
+
+    @abstractmethod
+    def open_session(self, on_interim: InterimCallback) -> SpeechToTextSession: ...
+
+    async def aclose(self) -> None:
+        """Release process-wide resources (models, channels)."""
+
+
+class Conversation(ABC):
+    """One call's conversation with the agent, holding its context."""
+
+    @abstractmethod
+    def reply(self, text: str) -> AsyncIterator[str]:
+        """Stream the reply to a user turn as text deltas."""
+
+    async def aclose(self) -> None:
+        """End the conversation on the agent's side."""
+
+
+class Agent(ABC):
+    name: str
+
+    @abstractmethod
+    def open_conversation(self, session_id: str, user_id: str) -> Conversation: ...
+
+    async def aclose(self) -> None:
+        """Release process-wide resources."""
+
+
+class TextToSpeech(ABC):
+    """Synthesises text to mono signed 16-bit little-endian PCM at `sample_rate`."""
+
+    name: str
+    sample_rate: int
+
+    @abstractmethod
+    def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Stream the audio of `text` in chunks, the first as early as the engine can."""
+
+    async def aclose(self) -> None:
+        """Release process-wide resources."""

@@ -1,0 +1,231 @@
+"""One call: its peer connection, its tracks, its pipeline and its tasks, from offer to teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from media.events import EventBus
+from media.outbound_audio import PacedAudioTrack
+from media.pipeline import CallPipeline, PipelineContext, PipelineFactory
+from media.sdp_check import InvalidOffer, check_offer
+
+log = logging.getLogger(__name__)
+
+
+class CallStateError(Exception):
+    """The request does not fit the call's state (e.g. a second offer)."""
+
+
+class InvalidCandidate(ValueError):
+    """A trickled ICE candidate that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class IceCandidateInit:
+    """The browser's RTCIceCandidateInit; an empty candidate means end of candidates."""
+
+    candidate: str
+    sdp_mid: str | None
+    sdp_mline_index: int | None
+
+
+OnCallEvent = Callable[["Call", str], Awaitable[None]]
+
+# A peer that stays "disconnected" this long is treated as gone.
+DISCONNECT_GRACE_S = 5.0
+
+
+class Call:
+    """States: new -> connecting -> connected -> ended. `close` is idempotent and always completes."""
+
+    def __init__(
+        self,
+        session_id: str,
+        user_id: str,
+        *,
+        ice_servers: list[RTCIceServer],
+        pipeline_factory: PipelineFactory,
+        on_connected: OnCallEvent,
+        on_ended: OnCallEvent,
+    ) -> None:
+        self.session_id = session_id
+        self.user_id = user_id
+        self.events = EventBus()
+        self.state = "new"
+        self.end_reason: str | None = None
+        self.audio_out = PacedAudioTrack()
+        self._ice_servers = ice_servers
+        self._pipeline_factory = pipeline_factory
+        self._on_connected = on_connected
+        self._on_ended = on_ended
+        self._pc: RTCPeerConnection | None = None
+        self._pipeline: CallPipeline | None = None
+        self._pending_candidates: list[IceCandidateInit] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.Task[None] | None = None
+        self._offer_lock = asyncio.Lock()
+
+    # -- negotiation -------------------------------------------------------------------------
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Answer the browser's offer; the answer carries all our candidates (we gather fully)."""
+        async with self._offer_lock:
+            if self.state != "new":
+                raise CallStateError(f"the call already has an offer (state: {self.state})")
+            check_offer(sdp)
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                pc.addTrack(self.audio_out)
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as exc:
+                # A bad offer costs this attempt only: the call stays new and can take another.
+                await pc.close()
+                if isinstance(exc, InvalidOffer):
+                    raise
+                raise InvalidOffer(f"the offer was rejected: {exc}") from exc
+            self._pc = pc
+            self._set_state("connecting")
+            pc.on("connectionstatechange", self._on_connection_state)
+            self._pipeline = self._pipeline_factory(
+                PipelineContext(self.session_id, self.user_id, self.events, self.audio_out)
+            )
+            await self._pipeline.start()
+            # No renegotiation: the offer's tracks are all the tracks this call will have.
+            for receiver in pc.getReceivers():
+                if receiver.track is not None and receiver.track.kind == "audio":
+                    self._spawn(self._consume_audio(receiver.track), f"inbound-audio-{receiver.track.id}")
+            pending, self._pending_candidates = self._pending_candidates, []
+            for candidate in pending:
+                await self._apply_candidate(candidate)
+            return pc.localDescription.sdp
+
+    async def add_ice_candidate(self, candidate: IceCandidateInit) -> None:
+        if self.state == "ended":
+            raise CallStateError("the call has ended")
+        parse_candidate(candidate)  # reject garbage now, even if we only buffer it
+        if self._pc is None:
+            self._pending_candidates.append(candidate)
+            return
+        await self._apply_candidate(candidate)
+
+    async def _apply_candidate(self, candidate: IceCandidateInit) -> None:
+        assert self._pc is not None
+        parsed = parse_candidate(candidate)
+        if parsed is None:
+            await self._pc.addIceCandidate(None)
+            return
+        with contextlib.suppress(ValueError):  # a candidate for a section we did not negotiate
+            await self._pc.addIceCandidate(parsed)
+
+    # -- media -------------------------------------------------------------------------------
+
+    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        pipeline = self._pipeline
+        assert pipeline is not None
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            pipeline.on_audio_frame(frame)
+
+    def _on_connection_state(self) -> None:
+        assert self._pc is not None
+        state = self._pc.connectionState
+        if state == "connected" and self.state == "connecting":
+            self._set_state("connected")
+            self._spawn(self._on_connected(self, "connected"), "mark-connected")
+        elif state == "failed":
+            self.close_soon("ice_failed")
+        elif state == "closed":
+            self.close_soon("peer_closed")
+        elif state == "disconnected":
+            self._spawn(self._close_if_still_disconnected(), "disconnect-grace")
+
+    async def _close_if_still_disconnected(self) -> None:
+        await asyncio.sleep(DISCONNECT_GRACE_S)
+        if self._pc is not None and self._pc.connectionState == "disconnected":
+            self.close_soon("ice_disconnected")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _set_state(self, state: str, **extra: object) -> None:
+        self.state = state
+        self.events.publish("state", state=state, **extra)
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call %s task %s failed", self.session_id, task.get_name(), exc_info=task.exception())
+            self.events.publish("error", code="internal", message=f"{task.get_name()} failed")
+
+    def close_soon(self, reason: str) -> None:
+        """Start closing from a callback that cannot await."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(reason))
+
+    async def close(self, reason: str) -> None:
+        self.close_soon(reason)
+        assert self._closing is not None
+        await asyncio.shield(self._closing)
+
+    async def _close(self, reason: str) -> None:
+        self.end_reason = reason
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._pipeline is not None:
+            try:
+                await self._pipeline.stop()
+            except Exception:
+                log.exception("pipeline of call %s failed to stop", self.session_id)
+        self.audio_out.stop()
+        if self._pc is not None:
+            await self._pc.close()
+        self._set_state("ended", reason=reason)
+        try:
+            await self._on_ended(self, reason)
+        except Exception:
+            log.exception("recording the end of call %s failed", self.session_id)
+
+    @property
+    def live_tasks(self) -> int:
+        return len(self._tasks)
+
+
+def parse_candidate(init: IceCandidateInit):  # -> RTCIceCandidate | None
+    """The browser's candidate line as aiortc's object; None for end-of-candidates."""
+    line = init.candidate.strip()
+    if not line:
+        return None
+    if line.startswith("candidate:"):
+        line = line[len("candidate:") :]
+    try:
+        candidate = candidate_from_sdp(line)
+    except Exception as exc:  # the parser asserts and indexes its way through the line
+        raise InvalidCandidate(f"the ICE candidate could not be parsed: {exc}") from exc
+    candidate.sdpMid = init.sdp_mid
+    candidate.sdpMLineIndex = init.sdp_mline_index
+    return candidate

@@ -1,0 +1,79 @@
+"""The calls live on this node, and what their lifecycle writes to storage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from aiortc import RTCIceServer
+
+from media.call import Call
+from media.pipeline import PipelineFactory
+from storage.sessions import SessionRepository
+
+log = logging.getLogger(__name__)
+
+
+class CallRegistry:
+    """Creates at most one Call per session, records its states, and ends them all at shutdown."""
+
+    def __init__(
+        self,
+        sessions: SessionRepository,
+        *,
+        node_id: str,
+        ice_servers: list[RTCIceServer],
+        pipeline_factory: PipelineFactory,
+    ) -> None:
+        self._sessions = sessions
+        self._node_id = node_id
+        self._ice_servers = ice_servers
+        self._pipeline_factory = pipeline_factory
+        self._calls: dict[str, Call] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def get(self, session_id: uuid.UUID) -> Call | None:
+        return self._calls.get(str(session_id))
+
+    def get_or_create(self, session_id: uuid.UUID, user_id: str) -> Call:
+        key = str(session_id)
+        call = self._calls.get(key)
+        if call is None:
+            call = Call(
+                key,
+                user_id,
+                ice_servers=self._ice_servers,
+                pipeline_factory=self._pipeline_factory,
+                on_connected=self._record_connected,
+                on_ended=self._record_ended,
+            )
+            self._calls[key] = call
+        return call
+
+    async def mark_connecting(self, call: Call) -> None:
+        await self._sessions.mark_connecting(uuid.UUID(call.session_id), self._node_id)
+
+    async def _record_connected(self, call: Call, _: str) -> None:
+        await self._sessions.mark_connected(uuid.UUID(call.session_id))
+
+    async def _record_ended(self, call: Call, reason: str) -> None:
+        self._calls.pop(call.session_id, None)
+        await self._sessions.end(uuid.UUID(call.session_id), reason)
+
+    async def end(self, session_id: uuid.UUID, reason: str) -> bool:
+        """End the call if it lives here; returns whether one did."""
+        call = self._calls.get(str(session_id))
+        if call is None:
+            return False
+        await call.close(reason)
+        return True
+
+    async def close_all(self, reason: str = "server_shutdown") -> None:
+        calls = list(self._calls.values())
+        results = await asyncio.gather(*(c.close(reason) for c in calls), return_exceptions=True)
+        for call, result in zip(calls, results):
+            if isinstance(result, BaseException):
+                log.error("closing call %s failed", call.session_id, exc_info=result)

@@ -1,0 +1,35 @@
+"""The loopback pipeline: the caller hears their own microphone, 20 ms later."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+from media.outbound_audio import SAMPLE_RATE
+from media.pipeline import CallPipeline, PipelineContext
+
+
+def to_mono_48k(frame: av.AudioFrame) -> np.ndarray:
+    """Decoded WebRTC audio (Opus gives 48 kHz s16 stereo) as mono int16."""
+    if frame.sample_rate != SAMPLE_RATE or frame.format.name != "s16":
+        raise ValueError(f"loopback expects 48 kHz s16 audio, got {frame.sample_rate} Hz {frame.format.name}")
+    samples = frame.to_ndarray().reshape(-1)
+    channels = len(frame.layout.channels)
+    if channels == 1:
+        return samples
+    # Interleaved: average the channels in int32 so the sum cannot overflow.
+    return (samples.reshape(-1, channels).astype(np.int32).sum(axis=1) // channels).astype(np.int16)
+
+
+_MAX_QUEUED_SAMPLES = SAMPLE_RATE // 10
+
+
+class LoopbackPipeline(CallPipeline):
+    def __init__(self, context: PipelineContext) -> None:
+        self._out = context.audio_out
+
+    def on_audio_frame(self, frame: av.AudioFrame) -> None:
+        # If the sender's clock runs a little fast, don't let the echo's delay grow without bound.
+        if self._out.queued_samples > _MAX_QUEUED_SAMPLES:
+            self._out.flush()
+        self._out.push(to_mono_48k(frame))

@@ -1,0 +1,73 @@
+"""The outbound audio track: one 20 ms, 48 kHz mono frame on time, every time."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from media.audio_buffer import SampleQueue
+
+SAMPLE_RATE = 48_000
+FRAME_MS = 20
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
+_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+# Past this lateness we re-anchor the schedule instead of bursting frames to catch up.
+_MAX_LATE_S = 0.06
+
+
+class PacedAudioTrack(MediaStreamTrack):
+    """Plays whatever was queued, silence otherwise, paced by the event loop's monotonic clock.
+
+    Timestamps advance by exactly one frame per frame, so the receiver's clock never drifts.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue = SampleQueue()
+        self.frames_sent = 0
+        self.audio_samples_sent = 0  # samples of real (queued) audio among those sent
+        self._anchor: float | None = None
+        self._anchor_frame = 0
+
+    def push(self, samples: np.ndarray) -> None:
+        self.queue.push(samples)
+
+    def flush(self) -> int:
+        """Drop all unsent audio (barge-in); returns the samples dropped."""
+        return self.queue.clear()
+
+    @property
+    def queued_samples(self) -> int:
+        return len(self.queue)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._anchor is None:
+            self._anchor = loop.time()
+            self._anchor_frame = self.frames_sent
+        else:
+            due = self._anchor + (self.frames_sent - self._anchor_frame) * FRAME_MS / 1000
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -_MAX_LATE_S:
+                self._anchor = loop.time()
+                self._anchor_frame = self.frames_sent
+        if self.readyState != "live":
+            raise MediaStreamError
+        samples, real = self.queue.pop(FRAME_SAMPLES)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self.frames_sent * FRAME_SAMPLES
+        frame.time_base = _TIME_BASE
+        self.frames_sent += 1
+        self.audio_samples_sent += real
+        return frame

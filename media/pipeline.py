@@ -1,0 +1,39 @@
+"""What a call does with its media: the interface between the Call and its processing."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import av
+
+from media.events import EventBus
+from media.outbound_audio import PacedAudioTrack
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """Everything a pipeline may touch: its call's identity, its events and its outbound track."""
+
+    session_id: str
+    user_id: str
+    events: EventBus
+    audio_out: PacedAudioTrack
+
+
+class CallPipeline(ABC):
+    """Consumes inbound audio frames and produces outbound audio. Runs on the event loop."""
+
+    @abstractmethod
+    def on_audio_frame(self, frame: av.AudioFrame) -> None:
+        """Called for every decoded inbound frame; must return quickly."""
+
+    async def start(self) -> None:
+        """Called once the call is set up."""
+
+    async def stop(self) -> None:
+        """Called once when the call ends; must cancel whatever it started."""
+
+
+PipelineFactory = Callable[[PipelineContext], CallPipeline]

@@ -1,0 +1,126 @@
+"""The /api/v1/sessions routes: create, offer/answer, trickle ICE, inspect, hang up."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from media.call import CallStateError, IceCandidateInit, InvalidCandidate
+from media.calls import CallRegistry
+from media.sdp_check import InvalidOffer
+from signaling import keys
+from signaling.auth import Principal, principal_of
+from signaling.errors import ApiError, read_json
+from storage.sessions import SessionRecord, SessionRepository
+
+routes = web.RouteTableDef()
+
+
+def _session_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["session_id"])
+    except ValueError as exc:
+        raise ApiError(404, "session_not_found", "no such session") from exc
+
+
+async def load_session(request: web.Request) -> tuple[Principal, SessionRecord]:
+    """The caller's session named in the path; someone else's is reported exactly like a missing one."""
+    principal = principal_of(request)
+    sessions: SessionRepository = request.app[keys.SESSIONS]
+    record = await sessions.get_for_user(_session_id(request), principal.user_id)
+    if record is None:
+        raise ApiError(404, "session_not_found", "no such session")
+    return principal, record
+
+
+def _require_open(request: web.Request, record: SessionRecord) -> None:
+    if record.status == "ended":
+        raise ApiError(409, "session_ended", f"the session has ended ({record.end_reason})")
+    registry: CallRegistry = request.app[keys.CALLS]
+    if record.status != "created" and registry.get(record.id) is None:
+        raise ApiError(409, "session_not_live", "the session's call is not live on this server")
+    if record.status == "created" and record.expires_at < datetime.now(timezone.utc):
+        raise ApiError(409, "session_expired", "the session expired before its offer arrived")
+
+
+@routes.post("/api/v1/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    await read_json(request, allow_empty=True)
+    await request.app[keys.USERS].ensure(principal.user_id)
+    sessions: SessionRepository = request.app[keys.SESSIONS]
+    record = await sessions.create(principal.user_id, request.app[keys.SETTINGS].session_ttl_seconds, request.app[keys.SETTINGS].node_id)
+    return web.json_response(
+        {
+            "session_id": str(record.id),
+            "ice_servers": request.app[keys.SETTINGS].ice_servers,
+            "expires_at": record.expires_at.isoformat(),
+        },
+        status=201,
+    )
+
+
+@routes.post("/api/v1/sessions/{session_id}/offer")
+async def post_offer(request: web.Request) -> web.Response:
+    principal, record = await load_session(request)
+    body = await read_json(request)
+    sdp, kind = body.get("sdp"), body.get("type", "offer")
+    if not isinstance(sdp, str):
+        raise ApiError(400, "invalid_sdp", "`sdp` must be a string")
+    if kind != "offer":
+        raise ApiError(400, "invalid_sdp", "`type` must be \"offer\"")
+    _require_open(request, record)
+    registry: CallRegistry = request.app[keys.CALLS]
+    call = registry.get_or_create(record.id, principal.user_id)
+    try:
+        answer = await call.accept_offer(sdp)
+    except InvalidOffer as exc:
+        raise ApiError(400, "invalid_sdp", str(exc)) from exc
+    except CallStateError as exc:
+        raise ApiError(409, "invalid_state", str(exc)) from exc
+    await registry.mark_connecting(call)
+    return web.json_response({"sdp": answer, "type": "answer"})
+
+
+@routes.post("/api/v1/sessions/{session_id}/ice")
+async def post_ice(request: web.Request) -> web.Response:
+    principal, record = await load_session(request)
+    body = await read_json(request)
+    candidate = body.get("candidate")
+    sdp_mid = body.get("sdpMid")
+    sdp_mline_index = body.get("sdpMLineIndex")
+    if not isinstance(candidate, str):
+        raise ApiError(400, "invalid_candidate", "`candidate` must be a string (empty for end of candidates)")
+    if sdp_mid is not None and not isinstance(sdp_mid, str):
+        raise ApiError(400, "invalid_candidate", "`sdpMid` must be a string or null")
+    if sdp_mline_index is not None and (not isinstance(sdp_mline_index, int) or isinstance(sdp_mline_index, bool)):
+        raise ApiError(400, "invalid_candidate", "`sdpMLineIndex` must be an integer or null")
+    _require_open(request, record)
+    call = request.app[keys.CALLS].get_or_create(record.id, principal.user_id)
+    try:
+        await call.add_ice_candidate(IceCandidateInit(candidate, sdp_mid, sdp_mline_index))
+    except InvalidCandidate as exc:
+        raise ApiError(400, "invalid_candidate", str(exc)) from exc
+    except CallStateError as exc:
+        raise ApiError(409, "session_ended", str(exc)) from exc
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    _, record = await load_session(request)
+    body = record.to_json()
+    call = request.app[keys.CALLS].get(record.id)
+    body["call_state"] = call.state if call is not None else ("ended" if record.status == "ended" else "new")
+    return web.json_response(body)
+
+
+@routes.delete("/api/v1/sessions/{session_id}")
+async def delete_session(request: web.Request) -> web.Response:
+    _, record = await load_session(request)
+    registry: CallRegistry = request.app[keys.CALLS]
+    if not await registry.end(record.id, "hangup"):
+        await request.app[keys.SESSIONS].end(record.id, "hangup")
+    return web.json_response({"status": "ended"})

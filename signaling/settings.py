@@ -1,0 +1,78 @@
+"""All configuration, read from the environment once, at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent_bridge.config import EngineConfig
+
+
+def _flag(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    dev_mode: bool = False
+    database_url: str | None = None
+    var_dir: Path = Path("var")
+    pgdata: Path = Path("var/pgdata")
+    jwt_secret: str | None = None
+    jwt_audience: str = "authenticated"
+    ice_servers: list[dict[str, object]] = field(default_factory=list)
+    session_ttl_seconds: int = 300
+    max_body_bytes: int = 64 * 1024
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    pipeline: str = "loopback"  # what every call does with its media (media/pipelines.py)
+    engines: EngineConfig = field(default_factory=EngineConfig)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        var_dir = Path(environ.get("VAR_DIR", "var"))
+        ice_raw = environ.get("ICE_SERVERS", "[]")
+        try:
+            ice_servers = json.loads(ice_raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"ICE_SERVERS must be a JSON list of {{'urls': ...}} objects: {exc}") from exc
+        if not isinstance(ice_servers, list):
+            raise ValueError("ICE_SERVERS must be a JSON list")
+        defaults = cls()
+        return cls(
+            host=environ.get("HOST", defaults.host),
+            port=int(environ.get("PORT", defaults.port)),
+            dev_mode=_flag(environ.get("DEV_MODE")),
+            database_url=environ.get("DATABASE_URL") or None,
+            var_dir=var_dir,
+            pgdata=Path(environ.get("PGDATA_DIR", str(var_dir / "pgdata"))),
+            jwt_secret=environ.get("JWT_SECRET") or None,
+            ice_servers=ice_servers,
+            session_ttl_seconds=int(environ.get("SESSION_TTL_SECONDS", defaults.session_ttl_seconds)),
+            pipeline=environ.get("PIPELINE", defaults.pipeline),
+            engines=EngineConfig.from_env(environ),
+        )
+
+    def resolve_jwt_secret(self, *, create: bool | None = None) -> str:
+        """JWT_SECRET, or a random secret kept in var/ (made in dev mode) so tokens survive restarts."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        path = self.var_dir / "jwt_secret"
+        if path.exists():
+            return path.read_text().strip()
+        if not (self.dev_mode if create is None else create):
+            raise RuntimeError("JWT_SECRET is not set (only DEV_MODE=1 generates one)")
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret)
+        return secret

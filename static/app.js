@@ -1,0 +1,185 @@
+// The browser side of a call: token, session, WebRTC offer/answer, trickle ICE, and the event WebSocket.
+const $ = (id) => document.getElementById(id);
+
+const ui = {
+  connect: $("connect"), hangup: $("hangup"), status: $("status"),
+  micLevel: $("mic-level"), speakerLevel: $("speaker-level"), botSpeaking: $("bot-speaking"),
+  transcript: $("transcript"), interim: $("interim"), events: $("events"), audio: $("remote-audio"),
+  chatForm: $("chat-form"), chatText: $("chat-text"), chatSend: $("chat-send"),
+};
+
+// Exposed for tests and for debugging in the console.
+window.voiceCall = { pc: null, sessionId: null, events: [], token: null };
+
+function setStatus(state) {
+  ui.status.textContent = state;
+  ui.status.dataset.state = state;
+}
+
+function logEvent(event) {
+  window.voiceCall.events.push(event);
+  const item = document.createElement("li");
+  item.textContent = JSON.stringify(event);
+  ui.events.prepend(item);
+  while (ui.events.children.length > 200) ui.events.lastChild.remove();
+}
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: { "Authorization": `Bearer ${window.voiceCall.token}`, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return null;
+  const data = await response.json();
+  if (!response.ok) throw new Error(`${data.error?.code}: ${data.error?.message}`);
+  return data;
+}
+
+async function accessToken() {
+  const fromUrl = new URLSearchParams(location.search).get("access_token");
+  if (fromUrl) return fromUrl;
+  const userId = localStorage.getItem("voice-user") || `user-${crypto.randomUUID().slice(0, 8)}`;
+  localStorage.setItem("voice-user", userId);
+  const response = await fetch("/dev/token", { method: "POST", body: JSON.stringify({ user_id: userId }) });
+  if (!response.ok) throw new Error("no access token: open this page with ?access_token=<token>");
+  return (await response.json()).access_token;
+}
+
+function meterLoop(stream, meter) {
+  const context = new AudioContext();
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 512;
+  context.createMediaStreamSource(stream).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  const tick = () => {
+    if (context.state === "closed") return;
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const s of samples) sum += s * s;
+    meter.value = Math.min(1, Math.sqrt(sum / samples.length) * 4);
+    requestAnimationFrame(tick);
+  };
+  tick();
+  return context;
+}
+
+function addLine(who, text) {
+  const item = document.createElement("li");
+  item.className = who;
+  item.textContent = text;
+  ui.transcript.append(item);
+  return item;
+}
+
+let agentLine = null;
+
+function onEvent(event) {
+  logEvent(event);
+  switch (event.type) {
+    case "state":
+      setStatus(event.state);
+      if (event.state === "ended") teardown();
+      break;
+    case "transcript":
+      if (event.final) { ui.interim.textContent = ""; addLine("user", event.text); agentLine = null; }
+      else ui.interim.textContent = event.text;
+      break;
+    case "agent_text":
+      if (!agentLine) agentLine = addLine("agent", "");
+      if (event.final) { agentLine.textContent = event.text; agentLine = null; }
+      else agentLine.textContent += event.delta ?? "";
+      break;
+    case "bot_speaking":
+      ui.botSpeaking.hidden = !event.speaking;
+      break;
+    case "error":
+      console.warn("call error", event);
+      break;
+  }
+}
+
+let micContext = null, speakerContext = null, ws = null, localStream = null;
+
+async function connect() {
+  ui.connect.disabled = true;
+  setStatus("connecting");
+  try {
+    window.voiceCall.token = await accessToken();
+    const session = await api("POST", "/api/v1/sessions", {});
+    window.voiceCall.sessionId = session.session_id;
+    const base = `/api/v1/sessions/${session.session_id}`;
+
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    ws = new WebSocket(`${scheme}://${location.host}${base}/events?access_token=${encodeURIComponent(window.voiceCall.token)}`);
+    ws.onmessage = (message) => onEvent(JSON.parse(message.data));
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+
+    localStream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+    });
+    micContext = meterLoop(localStream, ui.micLevel);
+
+    const pc = new RTCPeerConnection({ iceServers: session.ice_servers });
+    window.voiceCall.pc = pc;
+    for (const track of localStream.getAudioTracks()) pc.addTrack(track, localStream);
+    pc.ontrack = (event) => {
+      const stream = event.streams[0] || new MediaStream([event.track]);
+      ui.audio.srcObject = stream;
+      speakerContext = meterLoop(stream, ui.speakerLevel);
+    };
+    pc.onicecandidate = (event) => {
+      const c = event.candidate;
+      api("POST", `${base}/ice`, c ? { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex }
+                                   : { candidate: "", sdpMid: null, sdpMLineIndex: null })
+        .catch((error) => logEvent({ type: "client_error", message: String(error) }));
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed") setStatus("error");
+    };
+
+    await pc.setLocalDescription(await pc.createOffer());
+    const answer = await api("POST", `${base}/offer`, { sdp: pc.localDescription.sdp, type: "offer" });
+    await pc.setRemoteDescription(answer);
+    ui.hangup.disabled = false;
+    ui.chatText.disabled = false;
+    ui.chatSend.disabled = false;
+  } catch (error) {
+    logEvent({ type: "client_error", message: String(error) });
+    setStatus("error");
+    teardown();
+  }
+}
+
+function teardown() {
+  window.voiceCall.pc?.close();
+  localStream?.getTracks().forEach((t) => t.stop());
+  micContext?.close(); speakerContext?.close();
+  micContext = speakerContext = localStream = null;
+  ui.connect.disabled = false;
+  ui.hangup.disabled = true;
+  ui.chatText.disabled = true;
+  ui.chatSend.disabled = true;
+}
+
+async function hangup() {
+  ui.hangup.disabled = true;
+  const id = window.voiceCall.sessionId;
+  try { if (id) await api("DELETE", `/api/v1/sessions/${id}`); }
+  catch (error) { logEvent({ type: "client_error", message: String(error) }); }
+  teardown();
+  setStatus("ended");
+}
+
+async function sendChat(event) {
+  event.preventDefault();
+  const text = ui.chatText.value.trim();
+  if (!text || !window.voiceCall.sessionId) return;
+  ui.chatText.value = "";
+  try { await api("POST", `/api/v1/sessions/${window.voiceCall.sessionId}/messages`, { text }); }
+  catch (error) { logEvent({ type: "client_error", message: String(error) }); }
+}
+
+ui.connect.addEventListener("click", connect);
+ui.hangup.addEventListener("click", hangup);
+ui.chatForm.addEventListener("submit", sendChat);

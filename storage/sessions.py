@@ -1,0 +1,115 @@
+"""User sessions: one per call, owned by one user."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+_COLUMNS = (
+    "id, user_id, status, end_reason, node_id, agent_session_id, avatar_session_id, avatar_status,"
+    " created_at, expires_at, connected_at, ended_at"
+)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: uuid.UUID
+    user_id: str
+    status: str
+    end_reason: str | None
+    node_id: str | None
+    agent_session_id: str | None
+    avatar_session_id: str | None
+    avatar_status: str | None
+    created_at: datetime
+    expires_at: datetime
+    connected_at: datetime | None
+    ended_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> SessionRecord:
+        return cls(**dict(row))
+
+    def to_json(self) -> dict[str, object]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "session_id": str(self.id),
+            "user_id": self.user_id,
+            "status": self.status,
+            "end_reason": self.end_reason,
+            "agent_session_id": self.agent_session_id,
+            "avatar_session_id": self.avatar_session_id,
+            "avatar_status": self.avatar_status,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "connected_at": iso(self.connected_at),
+            "ended_at": iso(self.ended_at),
+        }
+
+
+class SessionRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, user_id: str, ttl_seconds: int, node_id: str) -> SessionRecord:
+        row = await self._pool.fetchrow(
+            f"""
+            insert into user_sessions(user_id, node_id, expires_at)
+            values ($1, $2, now() + make_interval(secs => $3))
+            returning {_COLUMNS}
+            """,
+            user_id,
+            node_id,
+            float(ttl_seconds),
+        )
+        return SessionRecord.from_row(row)
+
+    async def get_for_user(self, session_id: uuid.UUID, user_id: str) -> SessionRecord | None:
+        """The session if it belongs to this user: a foreign session is indistinguishable from none."""
+        row = await self._pool.fetchrow(
+            f"select {_COLUMNS} from user_sessions where id = $1 and user_id = $2", session_id, user_id
+        )
+        return SessionRecord.from_row(row) if row else None
+
+    async def mark_connecting(self, session_id: uuid.UUID, node_id: str) -> None:
+        await self._pool.execute(
+            "update user_sessions set status = 'connecting', node_id = $2 where id = $1 and status = 'created'",
+            session_id,
+            node_id,
+        )
+
+    async def mark_connected(self, session_id: uuid.UUID) -> None:
+        await self._pool.execute(
+            """
+            update user_sessions set status = 'connected', connected_at = coalesce(connected_at, now())
+            where id = $1 and status <> 'ended'
+            """,
+            session_id,
+        )
+
+    async def end(self, session_id: uuid.UUID, reason: str) -> bool:
+        """Mark ended once; the first reason wins. Returns whether this call ended it."""
+        result = await self._pool.execute(
+            """
+            update user_sessions set status = 'ended', end_reason = $2, ended_at = now()
+            where id = $1 and status <> 'ended'
+            """,
+            session_id,
+            reason,
+        )
+        return result.endswith(" 1")
+
+    async def end_expired_unused(self) -> int:
+        """Sessions that never got an offer before they expired."""
+        result = await self._pool.execute(
+            """
+            update user_sessions set status = 'ended', end_reason = 'expired', ended_at = now()
+            where status = 'created' and expires_at < now()
+            """
+        )
+        return int(result.split()[-1])
