@@ -11,6 +11,7 @@ import sys
 
 from aiohttp import web
 
+from signaling.access_log import make_runner
 from signaling.app import build_app
 from signaling.auth import TokenAuthority
 from signaling.settings import Settings
@@ -19,7 +20,7 @@ from storage.database import open_database
 
 async def serve(settings: Settings) -> None:
     app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
+    runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

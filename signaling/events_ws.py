@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 
 from aiohttp import WSMsgType, web
 
@@ -42,7 +43,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
 
     unsubscribe = call.events.subscribe(deliver)
     request.app[keys.WEBSOCKETS].add(ws)
-    await ws.send_json({"type": "state", "state": call.state})
+    deliver({"type": "state", "ts": round(time.time(), 3), "state": call.state})
     writer = asyncio.ensure_future(_write_events(ws, backlog))
     try:
         async for message in ws:

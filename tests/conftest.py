@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from signaling.access_log import make_runner
 from signaling.app import build_app
 from signaling.auth import TokenAuthority
 from signaling.settings import Settings
@@ -70,7 +71,7 @@ def server_settings(database: Database, tmp_path: Path, **overrides: object) -> 
 
 async def start_server(settings: Settings) -> tuple[web.AppRunner, RunningServer]:
     app = build_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=2)
+    runner = make_runner(app, shutdown_timeout=2)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     server = RunningServer(

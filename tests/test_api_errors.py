@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -167,3 +169,19 @@ async def test_unknown_route_and_method_are_json(loopback_server: RunningServer,
     async with http.put(f"{loopback_server.base_url}/api/v1/sessions", headers=loopback_server.auth()) as resp:
         assert resp.status == 405
         await error_of(resp)
+
+
+async def test_access_log_never_shows_the_websocket_token(
+    loopback_server: RunningServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = loopback_server.token("log-tester")
+    headers = {"Authorization": f"Bearer {token}"}
+    session_id = await new_session(http, loopback_server, headers)
+    with caplog.at_level("INFO", logger="aiohttp.access"):
+        ws = await http.ws_connect(f"{loopback_server.base_url}/api/v1/sessions/{session_id}/events?access_token={token}")
+        assert (await ws.receive_json())["state"] == "new"
+        await ws.close()
+        await asyncio.sleep(0.1)
+    logged = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any(f"/api/v1/sessions/{session_id}/events" in line for line in logged), logged
+    assert not any(token in line or "access_token" in line for line in logged)

@@ -1,0 +1,95 @@
+"""Silero VAD v6 on onnxruntime: speech probability per 32 ms window of 16 kHz audio.
+
+The ONNX session is loaded once per process and shared; each stream keeps only its own LSTM
+state and audio context in a `SileroVad`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import faster_whisper
+import numpy as np
+import onnxruntime
+
+SAMPLE_RATE = 16_000
+WINDOW_SAMPLES = 512
+CONTEXT_SAMPLES = 64
+WINDOW_MS = WINDOW_SAMPLES * 1000 / SAMPLE_RATE  # 32.0
+MODEL_PATH = os.path.join(os.path.dirname(faster_whisper.__file__), "assets", "silero_vad_v6.onnx")
+
+_STATE_SHAPE = (1, 1, 128)
+_INT16_SCALE = np.float32(1 / 32768)
+_NO_PROBS = np.zeros(0, dtype=np.float32)
+_NO_PROBS.flags.writeable = False
+
+_session: onnxruntime.InferenceSession | None = None
+_session_lock = threading.Lock()
+
+
+def load_session() -> onnxruntime.InferenceSession:
+    """The process-wide Silero session; call at startup so the first call doesn't pay ~50 ms."""
+    global _session
+    if _session is None:
+        with _session_lock:
+            if _session is None:
+                opts = onnxruntime.SessionOptions()
+                # One window is ~50 us of work: extra threads only add wake-up latency and
+                # contend with the event loop and other calls.
+                opts.intra_op_num_threads = 1
+                opts.inter_op_num_threads = 1
+                opts.log_severity_level = 3
+                _session = onnxruntime.InferenceSession(
+                    MODEL_PATH, sess_options=opts, providers=["CPUExecutionProvider"]
+                )
+    return _session
+
+
+class SileroVad:
+    """Per-stream VAD: feed 16 kHz mono int16 chunks of any length, get one probability per window.
+
+    Windows are 512 new samples preceded by the previous window's last 64 samples, with the LSTM
+    state (h, c) carried across windows, which is exactly what the model saw in training and what
+    faster_whisper's batch VAD computes.
+    """
+
+    def __init__(self, session: onnxruntime.InferenceSession | None = None) -> None:
+        self._session = session if session is not None else load_session()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: zero state and context, drop any partial window."""
+        self._h = np.zeros(_STATE_SHAPE, dtype=np.float32)
+        self._c = np.zeros(_STATE_SHAPE, dtype=np.float32)
+        self._context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self.windows = 0  # windows evaluated so far; window i covers samples [512*i, 512*(i+1))
+
+    @property
+    def pending_samples(self) -> int:
+        """Samples received but not yet part of an evaluated window."""
+        return self._pending.size
+
+    def process(self, samples: np.ndarray) -> np.ndarray:
+        """Probabilities (float32) for every window completed by `samples`, usually 0 or 1 of them."""
+        if samples.dtype != np.int16:
+            raise ValueError(f"SileroVad takes int16 samples, got {samples.dtype}")
+        audio = samples.reshape(-1).astype(np.float32) * _INT16_SCALE
+        if self._pending.size:
+            audio = np.concatenate((self._pending, audio))
+        count = audio.size // WINDOW_SAMPLES
+        if count == 0:
+            self._pending = audio
+            return _NO_PROBS
+        windows = audio[: count * WINDOW_SAMPLES].reshape(count, WINDOW_SAMPLES)
+        batch = np.empty((count, CONTEXT_SAMPLES + WINDOW_SAMPLES), dtype=np.float32)
+        batch[0, :CONTEXT_SAMPLES] = self._context
+        batch[1:, :CONTEXT_SAMPLES] = windows[:-1, -CONTEXT_SAMPLES:]
+        batch[:, CONTEXT_SAMPLES:] = windows
+        # The model's first axis is time: one run over several windows carries h, c through them.
+        probs, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
+        self._context = windows[-1, -CONTEXT_SAMPLES:].copy()
+        self._pending = audio[count * WINDOW_SAMPLES :].copy()
+        self.windows += count
+        return probs.reshape(-1)
