@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -35,8 +36,12 @@ class PacedAudioTrack(MediaStreamTrack):
         self._anchor: float | None = None
         self._anchor_frame = 0
 
-    def push(self, samples: np.ndarray) -> None:
-        self.queue.push(samples)
+    def push(self, samples: np.ndarray) -> int:
+        """Queue 48 kHz mono int16 samples; returns the position of the first (see `when_sent`)."""
+        return self.queue.push(samples)
+
+    def when_sent(self, position: int, callback: Callable[[], None]) -> None:
+        self.queue.when_sent(position, callback)
 
     def flush(self) -> int:
         """Drop all unsent audio (barge-in); returns the samples dropped."""

@@ -7,10 +7,10 @@ time only advances as audio arrives.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 
-class TurnEventType(str, Enum):
+class TurnEventType(StrEnum):
     SPEECH_STARTED = "speech_started"  # min_speech_ms of speech: a turn has begun (barge-in cue)
     SPEECH_PAUSED = "speech_paused"  # first silence after speech: STT may start a speculative pass
     SPEECH_RESUMED = "speech_resumed"  # speech again before the turn ended: discard that pass
