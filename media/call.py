@@ -113,6 +113,12 @@ class Call:
                 await self._apply_candidate(candidate)
             return pc.localDescription.sdp
 
+    async def send_text(self, text: str) -> str:
+        """A typed user turn into the call; the reply is spoken on the call and returned."""
+        if self.state not in ("connecting", "connected") or self._pipeline is None:
+            raise CallStateError(f"the call is not connected (state: {self.state})")
+        return await self._pipeline.handle_text(text)
+
     async def add_ice_candidate(self, candidate: IceCandidateInit) -> None:
         if self.state == "ended":
             raise CallStateError("the call has ended")

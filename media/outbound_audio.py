@@ -35,6 +35,8 @@ class PacedAudioTrack(MediaStreamTrack):
         self.audio_samples_sent = 0  # samples of real (queued) audio among those sent
         self._anchor: float | None = None
         self._anchor_frame = 0
+        self._last_frame_at: float | None = None
+        self.max_frame_gap_ms = 0.0  # the longest wait between two frames handed to the sender
 
     def push(self, samples: np.ndarray) -> int:
         """Queue 48 kHz mono int16 samples; returns the position of the first (see `when_sent`)."""
@@ -43,9 +45,16 @@ class PacedAudioTrack(MediaStreamTrack):
     def when_sent(self, position: int, callback: Callable[[], None]) -> None:
         self.queue.when_sent(position, callback)
 
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Call back once everything queued so far has been sent (never, if it is flushed)."""
+        self.queue.when_sent(self.queue.pushed_total - 1, callback)
+
     def flush(self) -> int:
         """Drop all unsent audio (barge-in); returns the samples dropped."""
         return self.queue.clear()
+
+    def reset_gap_stats(self) -> None:
+        self.max_frame_gap_ms = 0.0
 
     @property
     def queued_samples(self) -> int:
@@ -75,4 +84,8 @@ class PacedAudioTrack(MediaStreamTrack):
         frame.time_base = _TIME_BASE
         self.frames_sent += 1
         self.audio_samples_sent += real
+        now = loop.time()
+        if self._last_frame_at is not None:
+            self.max_frame_gap_ms = max(self.max_frame_gap_ms, (now - self._last_frame_at) * 1000)
+        self._last_frame_at = now
         return frame

@@ -12,6 +12,10 @@ from media.events import EventBus
 from media.outbound_audio import PacedAudioTrack
 
 
+class TextNotSupported(Exception):
+    """The call's pipeline has no conversation to send text to."""
+
+
 @dataclass(frozen=True)
 class PipelineContext:
     """Everything a pipeline may touch: its call's identity, its events and its outbound track."""
@@ -28,6 +32,10 @@ class CallPipeline(ABC):
     @abstractmethod
     def on_audio_frame(self, frame: av.AudioFrame) -> None:
         """Called for every decoded inbound frame; must return quickly."""
+
+    async def handle_text(self, text: str) -> str:
+        """A typed user turn; returns the reply's text. Pipelines without an agent refuse."""
+        raise TextNotSupported("this call does not take text messages")
 
     async def start(self) -> None:
         """Called once the call is set up."""

@@ -1,14 +1,41 @@
-"""Choosing what every call on this node does with its media."""
+"""Choosing what every call on this node does with its media, and loading what that needs once."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from dataclasses import dataclass
+
+from agent_bridge.config import EngineConfig
+from agent_bridge.registry import Engines, build_engines
+from media import vad
 from media.loopback import LoopbackPipeline
 from media.pipeline import PipelineFactory
+from media.turn_detector import TurnConfig
 
-PIPELINES = ("loopback",)
+PIPELINES = ("voice", "loopback")
 
 
-def pipeline_factory(name: str) -> PipelineFactory:
+@dataclass
+class PipelineRuntime:
+    """The factory every call uses, and the process-wide engines behind it."""
+
+    factory: PipelineFactory
+    engines: Engines | None = None
+
+    async def aclose(self) -> None:
+        if self.engines is not None:
+            await self.engines.aclose()
+
+
+async def start_pipelines(name: str, engine_config: EngineConfig, turn_config: TurnConfig) -> PipelineRuntime:
     if name == "loopback":
-        return LoopbackPipeline
+        return PipelineRuntime(LoopbackPipeline)
+    if name == "voice":
+        from media.voice_pipeline import VoicePipeline
+
+        engines = build_engines(engine_config)
+        # Models load before the first call, not during it.
+        await asyncio.gather(engines.warm_up(), asyncio.to_thread(vad.load_session))
+        return PipelineRuntime(functools.partial(VoicePipeline, engines=engines, turn_config=turn_config), engines)
     raise ValueError(f"unknown PIPELINE {name!r}; choose one of {', '.join(PIPELINES)}")

@@ -12,7 +12,8 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from media.calls import CallRegistry
-from media.pipelines import pipeline_factory
+from media.pipelines import start_pipelines
+from media.turn_detector import TurnConfig
 from signaling import events_ws, keys  # noqa: F401  (registers its route on sessions_api.routes)
 from signaling.auth import TokenAuthority
 from signaling.errors import error_middleware
@@ -65,11 +66,18 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
     app[keys.DB] = db
     app[keys.USERS] = UserRepository(db.pool)
     app[keys.SESSIONS] = SessionRepository(db.pool)
+    try:
+        pipelines = await start_pipelines(
+            settings.pipeline, settings.engines, TurnConfig(end_of_turn_silence_ms=settings.end_of_turn_ms)
+        )
+    except BaseException:
+        await db.close()
+        raise
     calls = CallRegistry(
         app[keys.SESSIONS],
         node_id=settings.node_id,
         ice_servers=rtc_ice_servers(settings.ice_servers),
-        pipeline_factory=pipeline_factory(settings.pipeline),
+        pipeline_factory=pipelines.factory,
     )
     app[keys.CALLS] = calls
     janitor = asyncio.ensure_future(_expire_unused_sessions(app[keys.SESSIONS]))
@@ -80,6 +88,7 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await janitor
         await calls.close_all("server_shutdown")
+        await pipelines.aclose()
         await db.close()
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from media.call import CallStateError, IceCandidateInit, InvalidCandidate
 from media.calls import CallRegistry
+from media.pipeline import TextNotSupported
 from media.sdp_check import InvalidOffer
 from signaling import keys
 from signaling.auth import Principal, principal_of
@@ -16,6 +17,8 @@ from signaling.errors import ApiError, read_json
 from storage.sessions import SessionRecord, SessionRepository
 
 routes = web.RouteTableDef()
+
+_MAX_MESSAGE_CHARS = 4000
 
 
 def _session_id(request: web.Request) -> uuid.UUID:
@@ -106,6 +109,29 @@ async def post_ice(request: web.Request) -> web.Response:
     except CallStateError as exc:
         raise ApiError(409, "session_ended", str(exc)) from exc
     return web.Response(status=204)
+
+
+@routes.post("/api/v1/sessions/{session_id}/messages")
+async def post_message(request: web.Request) -> web.Response:
+    """A typed turn: the agent replies, the reply is spoken on the call and returned here."""
+    _, record = await load_session(request)
+    body = await read_json(request)
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "invalid_text", "`text` must be a non-empty string")
+    if len(text) > _MAX_MESSAGE_CHARS:
+        raise ApiError(400, "invalid_text", f"`text` is longer than {_MAX_MESSAGE_CHARS} characters")
+    _require_open(request, record)
+    call = request.app[keys.CALLS].get(record.id)
+    if call is None:
+        raise ApiError(409, "invalid_state", "the call has not been offered yet")
+    try:
+        reply = await call.send_text(text.strip())
+    except CallStateError as exc:
+        raise ApiError(409, "invalid_state", str(exc)) from exc
+    except TextNotSupported as exc:
+        raise ApiError(409, "text_not_supported", str(exc)) from exc
+    return web.json_response({"text": text.strip(), "reply": reply})
 
 
 @routes.get("/api/v1/sessions/{session_id}")

@@ -33,7 +33,8 @@ class Settings:
     session_ttl_seconds: int = 300
     max_body_bytes: int = 64 * 1024
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    pipeline: str = "loopback"  # what every call does with its media (media/pipelines.py)
+    pipeline: str = "voice"  # what every call does with its media (media/pipelines.py)
+    end_of_turn_ms: int = 500  # silence that ends a user's turn
     engines: EngineConfig = field(default_factory=EngineConfig)
 
     @classmethod
@@ -58,6 +59,7 @@ class Settings:
             ice_servers=ice_servers,
             session_ttl_seconds=int(environ.get("SESSION_TTL_SECONDS", defaults.session_ttl_seconds)),
             pipeline=environ.get("PIPELINE", defaults.pipeline),
+            end_of_turn_ms=int(environ.get("END_OF_TURN_MS", defaults.end_of_turn_ms)),
             engines=EngineConfig.from_env(environ),
         )
 

@@ -91,3 +91,11 @@ async def loopback_server(database: Database, tmp_path_factory: pytest.TempPathF
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+async def voice_server(database: Database, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
+    """A server running the voice loop with the offline engines."""
+    runner, server = await start_server(server_settings(database, tmp_path_factory.mktemp("voice"), pipeline="voice"))
+    yield server
+    await runner.cleanup()

@@ -72,3 +72,38 @@ async def test_page_connects_and_audio_flows_both_ways(loopback_server: RunningS
             assert status == "ended"
         finally:
             await browser.close()
+
+
+async def test_page_shows_the_spoken_question_and_plays_the_answer(voice_server: RunningServer, tmp_path: Path) -> None:
+    executable = require_chromium()
+    from playwright.async_api import async_playwright
+
+    from tests.speech import RATE, utterance, with_silence
+
+    question = write_wav(tmp_path / "question.wav", with_silence(utterance("Hello, what time is it?"), 1.0, 4.0), RATE)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=executable, args=chromium_args(question))
+        try:
+            page = await browser.new_page()
+            await page.goto(voice_server.base_url + "/")
+            await page.click("#connect")
+            await page.wait_for_function("document.querySelector('#status').textContent === 'connected'", timeout=20_000)
+            # The user's words appear on the page, then the agent's answer.
+            await page.wait_for_function(
+                "[...document.querySelectorAll('#transcript li.user')].some(li => /time/i.test(li.textContent))",
+                timeout=30_000,
+            )
+            await page.wait_for_function(
+                "[...document.querySelectorAll('#transcript li.agent')].some(li => /\\d:\\d\\d/.test(li.textContent))",
+                timeout=30_000,
+            )
+            before = await page.evaluate(STATS_JS)
+            await page.wait_for_function(
+                "window.voiceCall.events.some(e => e.type === 'bot_speaking' && e.speaking === false)", timeout=30_000
+            )
+            after = await page.evaluate(STATS_JS)
+            # The reply arrived as sound, not silence: audio energy grew while the bot spoke.
+            assert after["energy"] - before["energy"] > 0.01, (before, after)
+            await page.click("#hangup")
+        finally:
+            await browser.close()

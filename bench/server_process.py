@@ -1,0 +1,40 @@
+"""Start `run.py` as its own process for a benchmark, on a free port with a throwaway data folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server_process(**env: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Yields (base_url, process) once the server prints that it serves."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-var-") as var_dir:
+        full_env = {**os.environ, "PORT": str(port), "VAR_DIR": var_dir, "DEV_MODE": "1", "LOG_LEVEL": "WARNING", **env}
+        proc = subprocess.Popen(
+            [sys.executable, "run.py"], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("Serving on "):
+                raise RuntimeError(f"server did not start: {line!r}")
+            yield line.split()[-1], proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -1,0 +1,103 @@
+"""Speaking one agent reply: text deltas -> sentences -> TTS -> 48 kHz frames on the outbound track.
+
+The first sentence is synthesised while the agent is still writing the next, so the first audio
+leaves before the agent has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from agent_bridge.interfaces import TextToSpeech
+from agent_bridge.sentences import SentenceSplitter
+from media.audio_resample import OutboundResampler
+from media.events import EventBus
+from media.outbound_audio import PacedAudioTrack
+from media.turn_metrics import TurnTimer
+
+
+class EngineFailure(Exception):
+    """An engine failed mid-reply; `code` names which, for the browser's error event."""
+
+    def __init__(self, code: str, cause: BaseException) -> None:
+        super().__init__(f"{code}: {cause}")
+        self.code = code
+        self.cause = cause
+
+
+class ReplySpeaker:
+    """One reply's journey to the speaker. `speak` returns the full reply text once all is queued."""
+
+    def __init__(
+        self,
+        tts: TextToSpeech,
+        audio_out: PacedAudioTrack,
+        events: EventBus,
+        timer: TurnTimer,
+        on_first_frame: Callable[[], None],
+    ) -> None:
+        self._tts = tts
+        self._out = audio_out
+        self._events = events
+        self._timer = timer
+        self._on_first_frame = on_first_frame
+        self._first_pushed = False
+        self.characters_synthesized = 0
+
+    async def speak(self, deltas: AsyncIterator[str]) -> str:
+        loop = asyncio.get_running_loop()
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        synthesis = asyncio.ensure_future(self._synthesize_all(sentences))
+        splitter = SentenceSplitter()
+        parts: list[str] = []
+        try:
+            try:
+                async for delta in deltas:
+                    if not delta:
+                        continue
+                    if self._timer.agent_first_text is None:
+                        self._timer.agent_first_text = loop.time()
+                    parts.append(delta)
+                    self._events.publish("agent_text", delta=delta, final=False)
+                    for sentence in splitter.push(delta):
+                        sentences.put_nowait(sentence)
+            except Exception as exc:
+                raise EngineFailure("agent_failed", exc) from exc
+            rest = splitter.flush()
+            if rest:
+                sentences.put_nowait(rest)
+            sentences.put_nowait(None)
+            text = "".join(parts).strip()
+            self._events.publish("agent_text", text=text, final=True)
+            await synthesis
+            return text
+        finally:
+            if not synthesis.done():
+                synthesis.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EngineFailure):
+                    await synthesis
+
+    async def _synthesize_all(self, sentences: asyncio.Queue[str | None]) -> None:
+        loop = asyncio.get_running_loop()
+        resampler = OutboundResampler(self._tts.sample_rate)
+        while (sentence := await sentences.get()) is not None:
+            if self._timer.tts_requested is None:
+                self._timer.tts_requested = loop.time()
+            self.characters_synthesized += len(sentence)
+            try:
+                async for pcm in self._tts.synthesize(sentence):
+                    self._push(resampler.resample(pcm))
+            except Exception as exc:
+                raise EngineFailure("tts_failed", exc) from exc
+        self._push(resampler.flush())
+
+    def _push(self, samples) -> None:  # type: ignore[no-untyped-def]
+        if not samples.size:
+            return
+        position = self._out.push(samples)
+        if not self._first_pushed:
+            self._first_pushed = True
+            self._timer.tts_first_audio = asyncio.get_running_loop().time()
+            self._out.when_sent(position, self._on_first_frame)

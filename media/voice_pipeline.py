@@ -1,0 +1,192 @@
+"""The voice loop of one call: listen, detect the end of the turn, transcribe, reply, speak, yield to barge-in.
+
+Runs on the event loop. The per-frame work (resample, VAD, turn detection) costs tens of
+microseconds; STT, the agent and TTS run in their engines' own threads or sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import av
+
+from agent_bridge.interfaces import Conversation, SpeechToTextSession, Transcript
+from agent_bridge.registry import Engines
+from media.audio_resample import VAD_RATE, InboundResampler
+from media.pipeline import CallPipeline, PipelineContext
+from media.preroll import PrerollBuffer
+from media.reply_speaker import EngineFailure, ReplySpeaker
+from media.turn_detector import TurnConfig, TurnDetector, TurnEvent, TurnEventType
+from media.turn_metrics import TurnTimer
+from media.vad import WINDOW_MS, SileroVad
+
+log = logging.getLogger(__name__)
+
+# Speech is confirmed ~130 ms after it starts; hand STT a little more than that from before.
+_PREROLL_MS = 500
+
+
+class VoicePipeline(CallPipeline):
+    def __init__(self, context: PipelineContext, engines: Engines, turn_config: TurnConfig) -> None:
+        self._ctx = context
+        self._engines = engines
+        self._resampler = InboundResampler(VAD_RATE)
+        self._vad = SileroVad()
+        self._turns = TurnDetector(turn_config)
+        self._preroll = PrerollBuffer(VAD_RATE * _PREROLL_MS // 1000)
+        self._stt: SpeechToTextSession = engines.stt.open_session(self._on_interim)
+        self._conversation: Conversation = engines.agent.open_conversation(context.session_id, context.user_id)
+        self._feeding_stt = False
+        # Audio of a pause, held back so a speculative STT pass started at the pause stays exact;
+        # given to STT only if speech resumes.
+        self._held: list[bytes] = []
+        self._paused = False
+        self._reply_task: asyncio.Task[str] | None = None
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._bot_speaking = False
+        self._turn_count = 0
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    def on_audio_frame(self, frame: av.AudioFrame) -> None:
+        pcm = self._resampler.resample(frame)
+        if not pcm.size:
+            return
+        self._preroll.push(pcm)
+        if self._feeding_stt:
+            if self._paused:
+                self._held.append(pcm.tobytes())
+            else:
+                self._stt.push(pcm.tobytes())
+        probabilities = self._vad.process(pcm)
+        if not probabilities.size:
+            return
+        first_window = self._vad.windows - probabilities.size
+        for offset, probability in enumerate(probabilities):
+            window_end_ms = (first_window + offset + 1) * WINDOW_MS
+            for event in self._turns.push_probability(float(probability), WINDOW_MS, window_end_ms):
+                self._on_turn_event(event)
+
+    def _on_turn_event(self, event: TurnEvent) -> None:
+        if event.type is TurnEventType.SPEECH_STARTED:
+            if self._reply_active():
+                self._interrupt("barge_in")
+            start = int((event.speech_start_ms - 100) * VAD_RATE / 1000)
+            self._stt.push(self._preroll.since(start).tobytes())
+            self._feeding_stt = True
+            self._paused = False
+        elif event.type is TurnEventType.SPEECH_PAUSED:
+            self._paused = True
+            self._stt.speech_paused()
+        elif event.type is TurnEventType.SPEECH_RESUMED:
+            self._paused = False
+            self._stt.speech_resumed()
+            for pcm in self._held:
+                self._stt.push(pcm)
+            self._held.clear()
+        elif event.type is TurnEventType.TURN_ENDED:
+            self._feeding_stt = False
+            self._paused = False
+            self._held.clear()
+            self._spawn(self._finish_turn(self._wall_time_of(event.speech_end_ms)))
+
+    def _wall_time_of(self, media_ms: float) -> float:
+        """Map a moment of the inbound audio clock to loop time: the newest sample arrived just now."""
+        newest_ms = self._preroll.end_sample * 1000 / VAD_RATE
+        return asyncio.get_running_loop().time() - (newest_ms - media_ms) / 1000
+
+    def _on_interim(self, transcript: Transcript) -> None:
+        self._ctx.events.publish("transcript", text=transcript.text, final=False)
+
+    async def _finish_turn(self, end_of_speech: float) -> None:
+        timer = TurnTimer(end_of_speech=end_of_speech)
+        try:
+            transcript = await self._stt.finish_turn()
+        except Exception as exc:
+            self._publish_error("stt_failed", exc)
+            return
+        if transcript is None:
+            return
+        timer.transcript_ready = asyncio.get_running_loop().time()
+        self._ctx.events.publish("transcript", text=transcript.text, final=True)
+        await self._start_reply(transcript.text, timer)
+
+    # -- text chat ---------------------------------------------------------------------------
+
+    async def handle_text(self, text: str) -> str:
+        self._ctx.events.publish("transcript", text=text, final=True, source="chat")
+        now = asyncio.get_running_loop().time()
+        return await self._start_reply(text, TurnTimer(end_of_speech=None, transcript_ready=now))
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    async def _start_reply(self, text: str, timer: TurnTimer) -> str:
+        if self._reply_active():
+            self._interrupt("new_turn")
+        self._turn_count += 1
+        task = asyncio.ensure_future(self._reply(text, timer, self._turn_count))
+        self._reply_task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                return ""  # interrupted by the user: what was said is gone
+            raise
+
+    async def _reply(self, text: str, timer: TurnTimer, turn: int) -> str:
+        loop = asyncio.get_running_loop()
+
+        def first_frame_sent() -> None:
+            timer.first_frame_sent = loop.time()
+            self._set_bot_speaking(True)
+            self._ctx.events.publish("turn_metrics", turn=turn, **timer.as_event())
+
+        speaker = ReplySpeaker(self._engines.tts, self._ctx.audio_out, self._ctx.events, timer, first_frame_sent)
+        try:
+            reply = await speaker.speak(self._conversation.reply(text))
+        except EngineFailure as failure:
+            self._publish_error(failure.code, failure.cause)
+            reply = ""
+        self._ctx.audio_out.when_drained(lambda: self._set_bot_speaking(False))
+        return reply
+
+    def _reply_active(self) -> bool:
+        running = self._reply_task is not None and not self._reply_task.done()
+        return running or self._ctx.audio_out.queued_samples > 0
+
+    def _interrupt(self, reason: str) -> None:
+        """Stop the bot at once: unsent audio is dropped within the frame, agent and TTS cancelled."""
+        dropped = self._ctx.audio_out.flush()
+        if self._reply_task is not None and not self._reply_task.done():
+            self._reply_task.cancel()
+        self._set_bot_speaking(False)
+        self._ctx.events.publish("interrupted", reason=reason, dropped_ms=dropped * 1000 // 48_000)
+
+    def _set_bot_speaking(self, speaking: bool) -> None:
+        if speaking != self._bot_speaking:
+            self._bot_speaking = speaking
+            self._ctx.events.publish("bot_speaking", speaking=speaking)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _publish_error(self, code: str, exc: BaseException) -> None:
+        log.warning("call %s: %s: %s", self._ctx.session_id, code, exc)
+        self._ctx.events.publish("error", code=code, message=str(exc) or type(exc).__name__)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._stt.aclose()
+        with contextlib.suppress(Exception):
+            await self._conversation.aclose()
