@@ -17,18 +17,15 @@ from media.events import EventBus
 from media.outbound_audio import PacedAudioTrack
 from media.turn_metrics import TurnTimer
 
-
-class EngineFailure(Exception):
-    """An engine failed mid-reply; `code` names which, for the browser's error event."""
-
-    def __init__(self, code: str, cause: BaseException) -> None:
-        super().__init__(f"{code}: {cause}")
-        self.code = code
-        self.cause = cause
+OnEngineError = Callable[[str, BaseException], None]
 
 
 class ReplySpeaker:
-    """One reply's journey to the speaker. `speak` returns the full reply text once all is queued."""
+    """One reply's journey to the speaker. `speak` returns the reply's text once all of it is queued.
+
+    A failing engine is reported through `on_error` ("agent_failed", "tts_failed") and never raises:
+    if TTS fails the text still arrives whole; if the agent fails, what it said so far is kept.
+    """
 
     def __init__(
         self,
@@ -37,12 +34,14 @@ class ReplySpeaker:
         events: EventBus,
         timer: TurnTimer,
         on_first_frame: Callable[[], None],
+        on_error: OnEngineError,
     ) -> None:
         self._tts = tts
         self._out = audio_out
         self._events = events
         self._timer = timer
         self._on_first_frame = on_first_frame
+        self._on_error = on_error
         self._first_pushed = False
         self.characters_synthesized = 0
 
@@ -64,7 +63,7 @@ class ReplySpeaker:
                     for sentence in splitter.push(delta):
                         sentences.put_nowait(sentence)
             except Exception as exc:
-                raise EngineFailure("agent_failed", exc) from exc
+                self._on_error("agent_failed", exc)
             rest = splitter.flush()
             if rest:
                 sentences.put_nowait(rest)
@@ -76,7 +75,7 @@ class ReplySpeaker:
         finally:
             if not synthesis.done():
                 synthesis.cancel()
-                with contextlib.suppress(asyncio.CancelledError, EngineFailure):
+                with contextlib.suppress(asyncio.CancelledError):
                     await synthesis
 
     async def _synthesize_all(self, sentences: asyncio.Queue[str | None]) -> None:
@@ -90,7 +89,11 @@ class ReplySpeaker:
                 async for pcm in self._tts.synthesize(sentence):
                     self._push(resampler.resample(pcm))
             except Exception as exc:
-                raise EngineFailure("tts_failed", exc) from exc
+                # The rest of the reply is not spoken, but the text still reaches the user.
+                self._on_error("tts_failed", exc)
+                while await sentences.get() is not None:
+                    pass
+                return
         self._push(resampler.flush())
 
     def _push(self, samples) -> None:  # type: ignore[no-untyped-def]

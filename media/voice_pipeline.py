@@ -17,7 +17,7 @@ from agent_bridge.registry import Engines
 from media.audio_resample import VAD_RATE, InboundResampler
 from media.pipeline import CallPipeline, PipelineContext
 from media.preroll import PrerollBuffer
-from media.reply_speaker import EngineFailure, ReplySpeaker
+from media.reply_speaker import ReplySpeaker
 from media.turn_detector import TurnConfig, TurnDetector, TurnEvent, TurnEventType
 from media.turn_metrics import TurnTimer
 from media.vad import WINDOW_MS, SileroVad
@@ -145,12 +145,10 @@ class VoicePipeline(CallPipeline):
             self._set_bot_speaking(True)
             self._ctx.events.publish("turn_metrics", turn=turn, **timer.as_event())
 
-        speaker = ReplySpeaker(self._engines.tts, self._ctx.audio_out, self._ctx.events, timer, first_frame_sent)
-        try:
-            reply = await speaker.speak(self._conversation.reply(text))
-        except EngineFailure as failure:
-            self._publish_error(failure.code, failure.cause)
-            reply = ""
+        speaker = ReplySpeaker(
+            self._engines.tts, self._ctx.audio_out, self._ctx.events, timer, first_frame_sent, self._publish_error
+        )
+        reply = await speaker.speak(self._conversation.reply(text))
         self._ctx.audio_out.when_drained(lambda: self._set_bot_speaking(False))
         return reply
 
