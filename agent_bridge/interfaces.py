@@ -54,6 +54,11 @@ class SpeechToTextSession(ABC):
     async def aclose(self) -> None:
         """Release the stream; further calls are errors."""
 
+    @property
+    def audio_ms_transcribed(self) -> int:
+        """Audio billed by the engine so far, in ms (metered as stt_seconds)."""
+        return 0
+
 
 class SpeechToText(ABC):
     """A process-wide speech-to-text engine that opens one session per call."""
@@ -69,6 +74,8 @@ class SpeechToText(ABC):
 
 class Conversation(ABC):
     """One call's conversation with the agent, holding its context."""
+
+    tokens: int = 0  # tokens in and out so far, where the engine reports them (metered as agent_tokens)
 
     @abstractmethod
     def reply(self, text: str) -> AsyncIterator[str]:

@@ -12,14 +12,17 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from media.call_usage import CallUsage, MeterSample
 from media.events import EventBus
 from media.outbound_audio import PacedAudioTrack
 from media.pipeline import CallPipeline, PipelineContext, PipelineFactory
+from media.rtp_tap import tap_inbound_rtp
 from media.sdp_check import InvalidOffer, check_offer
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ class IceCandidateInit:
 
 OnCallEvent = Callable[["Call", str], Awaitable[None]]
 
+_OPUS = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+
 # A peer that stays "disconnected" this long is treated as gone.
 DISCONNECT_GRACE_S = 5.0
 
@@ -65,8 +70,10 @@ class Call:
         self.user_id = user_id
         self.events = EventBus()
         self.state = "new"
+        self.state_before_end = "new"
         self.end_reason: str | None = None
         self.audio_out = PacedAudioTrack()
+        self.usage = CallUsage(self.audio_out)
         self._ice_servers = ice_servers
         self._pipeline_factory = pipeline_factory
         self._on_connected = on_connected
@@ -89,6 +96,10 @@ class Call:
             pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                for transceiver in pc.getTransceivers():
+                    if transceiver.kind == "audio":
+                        # Opus only: the inbound meter reads Opus packet durations.
+                        transceiver.setCodecPreferences(_OPUS)
                 pc.addTrack(self.audio_out)
                 await pc.setLocalDescription(await pc.createAnswer())
             except Exception as exc:
@@ -107,6 +118,7 @@ class Call:
             # No renegotiation: the offer's tracks are all the tracks this call will have.
             for receiver in pc.getReceivers():
                 if receiver.track is not None and receiver.track.kind == "audio":
+                    tap_inbound_rtp(receiver, self.usage.on_inbound_audio_packet)
                     self._spawn(self._consume_audio(receiver.track), f"inbound-audio-{receiver.track.id}")
             pending, self._pending_candidates = self._pending_candidates, []
             for candidate in pending:
@@ -153,6 +165,7 @@ class Call:
         assert self._pc is not None
         state = self._pc.connectionState
         if state == "connected" and self.state == "connecting":
+            self.usage.connected.start()
             self._set_state("connected")
             self._spawn(self._on_connected(self, "connected"), "mark-connected")
         elif state == "failed":
@@ -185,6 +198,12 @@ class Call:
             log.error("call %s task %s failed", self.session_id, task.get_name(), exc_info=task.exception())
             self.events.publish("error", code="internal", message=f"{task.get_name()} failed")
 
+    def run_task(self, coro: Awaitable[None], name: str) -> None:
+        """Run `coro` for as long as the call lives; it is cancelled when the call ends."""
+        if self.state == "ended" or self._closing is not None:
+            raise CallStateError("the call has ended")
+        self._spawn(coro, name)
+
     def close_soon(self, reason: str) -> None:
         """Start closing from a callback that cannot await."""
         if self._closing is None:
@@ -210,11 +229,18 @@ class Call:
         self.audio_out.stop()
         if self._pc is not None:
             await self._pc.close()
+        self.usage.connected.stop()
+        self.state_before_end = self.state
         self._set_state("ended", reason=reason)
         try:
             await self._on_ended(self, reason)
         except Exception:
             log.exception("recording the end of call %s failed", self.session_id)
+
+    def usage_snapshot(self) -> list[MeterSample]:
+        """Every meter of the call as an absolute running total, right now."""
+        counters = self._pipeline.counters() if self._pipeline is not None else {}
+        return self.usage.snapshot(counters)
 
     @property
     def live_tasks(self) -> int:

@@ -5,18 +5,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiortc import RTCIceServer
 
 from media.call import Call
 from media.pipeline import PipelineFactory
+from media.quota_guard import QuotaGuard, QuotaPolicy
+from media.usage_flusher import UsageFlusher
+from storage.quotas import QuotaRepository
 from storage.sessions import SessionRepository
+from storage.usage import UsageRepository
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Accounting:
+    """Metering and quota for every call on this node."""
+
+    flusher: UsageFlusher
+    quotas: QuotaRepository
+    usage: UsageRepository
+    policy: QuotaPolicy
+
+
 class CallRegistry:
-    """Creates at most one Call per session, records its states, and ends them all at shutdown."""
+    """Creates at most one Call per session, records its states, meters and guards it, ends them all at shutdown."""
 
     def __init__(
         self,
@@ -25,18 +41,24 @@ class CallRegistry:
         node_id: str,
         ice_servers: list[RTCIceServer],
         pipeline_factory: PipelineFactory,
+        accounting: Callable[[CallRegistry], Accounting],
     ) -> None:
         self._sessions = sessions
         self._node_id = node_id
         self._ice_servers = ice_servers
         self._pipeline_factory = pipeline_factory
         self._calls: dict[str, Call] = {}
+        self.accounting = accounting(self)
 
     def __len__(self) -> int:
         return len(self._calls)
 
     def get(self, session_id: uuid.UUID) -> Call | None:
         return self._calls.get(str(session_id))
+
+    def live_calls(self) -> list[Call]:
+        """Calls that have media (an accepted offer) and have not ended."""
+        return [c for c in self._calls.values() if c.state in ("connecting", "connected")]
 
     def get_or_create(self, session_id: uuid.UUID, user_id: str) -> Call:
         key = str(session_id)
@@ -53,15 +75,31 @@ class CallRegistry:
             self._calls[key] = call
         return call
 
-    async def mark_connecting(self, call: Call) -> None:
+    async def call_started(self, call: Call) -> None:
+        """The offer was accepted: record it and start guarding the call's quota."""
         await self._sessions.mark_connecting(uuid.UUID(call.session_id), self._node_id)
+        accounting = self.accounting
+        guard = QuotaGuard(
+            call.session_id,
+            call.user_id,
+            call.usage_snapshot,
+            call.events,
+            call.close_soon,
+            accounting.quotas,
+            accounting.usage,
+            accounting.policy,
+        )
+        call.run_task(guard.run(), "quota-guard")
 
     async def _record_connected(self, call: Call, _: str) -> None:
         await self._sessions.mark_connected(uuid.UUID(call.session_id))
 
     async def _record_ended(self, call: Call, reason: str) -> None:
         self._calls.pop(call.session_id, None)
-        await self._sessions.end(uuid.UUID(call.session_id), reason)
+        if call.state_before_end != "new":
+            await self.accounting.flusher.call_ended(call, reason)
+        else:
+            await self._sessions.end(uuid.UUID(call.session_id), reason)
 
     async def end(self, session_id: uuid.UUID, reason: str) -> bool:
         """End the call if it lives here; returns whether one did."""

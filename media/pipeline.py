@@ -37,6 +37,10 @@ class CallPipeline(ABC):
         """A typed user turn; returns the reply's text. Pipelines without an agent refuse."""
         raise TextNotSupported("this call does not take text messages")
 
+    def counters(self) -> dict[str, int]:
+        """Usage the pipeline counts itself, by meter name (see media.call_usage.PIPELINE_METERS)."""
+        return {}
+
     async def start(self) -> None:
         """Called once the call is set up."""
 

@@ -47,6 +47,7 @@ class VoicePipeline(CallPipeline):
         self._tasks: set[asyncio.Task[object]] = set()
         self._bot_speaking = False
         self._turn_count = 0
+        self._tts_characters = 0
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -148,7 +149,10 @@ class VoicePipeline(CallPipeline):
         speaker = ReplySpeaker(
             self._engines.tts, self._ctx.audio_out, self._ctx.events, timer, first_frame_sent, self._publish_error
         )
-        reply = await speaker.speak(self._conversation.reply(text))
+        try:
+            reply = await speaker.speak(self._conversation.reply(text))
+        finally:
+            self._tts_characters += speaker.characters_synthesized
         self._ctx.audio_out.when_drained(lambda: self._set_bot_speaking(False))
         return reply
 
@@ -170,6 +174,14 @@ class VoicePipeline(CallPipeline):
             self._ctx.events.publish("bot_speaking", speaking=speaking)
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "voice_activity": self._turns.speech_ms * 1000,
+            "stt_audio": self._stt.audio_ms_transcribed * 1000,
+            "tts_characters": self._tts_characters,
+            "agent_tokens": self._conversation.tokens,
+        }
 
     def _publish_error(self, code: str, exc: BaseException) -> None:
         log.warning("call %s: %s: %s", self._ctx.session_id, code, exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -11,9 +10,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiortc import RTCIceServer
 
-from media.calls import CallRegistry
+from media.calls import Accounting, CallRegistry
 from media.pipelines import start_pipelines
+from media.quota_guard import QuotaPolicy
 from media.turn_detector import TurnConfig
+from media.usage_flusher import UsageFlusher
 from signaling import events_ws, keys  # noqa: F401  (registers its route on sessions_api.routes)
 from signaling.auth import TokenAuthority
 from signaling.errors import error_middleware
@@ -21,8 +22,12 @@ from signaling.pages import STATIC_DIR, dev_routes
 from signaling.pages import routes as page_routes
 from signaling.sessions_api import routes as session_routes
 from signaling.settings import Settings
+from signaling.usage_api import routes as usage_routes
 from storage.database import open_database
+from storage.nodes import NodeRepository
+from storage.quotas import QuotaRepository
 from storage.sessions import SessionRepository
+from storage.usage import UsageRepository
 from storage.users import UserRepository
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,7 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.WEBSOCKETS] = weakref.WeakSet()
     app.add_routes(page_routes)
     app.add_routes(session_routes)
+    app.add_routes(usage_routes)
     if settings.dev_mode:
         app.add_routes(dev_routes)
     app.router.add_static("/static/", STATIC_DIR)
@@ -73,21 +79,40 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await db.close()
         raise
+    app[keys.USAGE] = UsageRepository(db.pool)
+    app[keys.QUOTAS] = QuotaRepository(db.pool)
+    app[keys.NODES] = NodeRepository(db.pool)
+
+    def accounting(registry: CallRegistry) -> Accounting:
+        flusher = UsageFlusher(
+            registry.live_calls, app[keys.USAGE], app[keys.SESSIONS], app[keys.QUOTAS], app[keys.NODES], settings.node_id
+        )
+        policy = QuotaPolicy(chunk_us=round(settings.quota_chunk_seconds * 1_000_000))
+        return Accounting(flusher, app[keys.QUOTAS], app[keys.USAGE], policy)
+
     calls = CallRegistry(
         app[keys.SESSIONS],
         node_id=settings.node_id,
         ice_servers=rtc_ice_servers(settings.ice_servers),
         pipeline_factory=pipelines.factory,
+        accounting=accounting,
     )
     app[keys.CALLS] = calls
-    janitor = asyncio.ensure_future(_expire_unused_sessions(app[keys.SESSIONS]))
+    # Calls this node owned before a crash cannot be live now: end them from their last flushed totals.
+    await app[keys.NODES].end_sessions_of(settings.node_id, "node_restarted")
+    await app[keys.NODES].heartbeat(settings.node_id)
+    background = [
+        asyncio.ensure_future(calls.accounting.flusher.run()),
+        asyncio.ensure_future(_janitor(app[keys.SESSIONS], app[keys.NODES], settings.node_stale_seconds)),
+    ]
     try:
         yield
     finally:
-        janitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await janitor
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await calls.close_all("server_shutdown")
+        await calls.accounting.flusher.flush()
         await pipelines.aclose()
         await db.close()
 
@@ -96,13 +121,15 @@ async def _end_calls(app: web.Application) -> None:
     await app[keys.CALLS].close_all("server_shutdown")
 
 
-async def _expire_unused_sessions(sessions: SessionRepository) -> None:
+async def _janitor(sessions: SessionRepository, nodes: NodeRepository, node_stale_s: float) -> None:
+    """Sessions never offered expire; calls of nodes that stopped heartbeating end."""
     while True:
-        await asyncio.sleep(_JANITOR_INTERVAL_S)
+        await asyncio.sleep(min(_JANITOR_INTERVAL_S, node_stale_s / 3))
         try:
             await sessions.end_expired_unused()
+            await nodes.reap_dead(node_stale_s)
         except Exception:  # the database may be away for a while; try again next round
-            log.warning("could not expire unused sessions", exc_info=True)
+            log.warning("janitor round failed", exc_info=True)
 
 
 async def _close_websockets(app: web.Application) -> None:

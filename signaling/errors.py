@@ -5,11 +5,22 @@ from __future__ import annotations
 import json
 import logging
 
+import asyncpg
 from aiohttp import web
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
+
+# What asyncpg raises when Postgres is down or restarting, rather than when a query is wrong.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
 
 
 class ApiError(Exception):
@@ -49,6 +60,9 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
             return error_response(413, "body_too_large", f"the body is larger than {request.app[MAX_BODY_BYTES]} bytes")
         code = _HTTP_CODES.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason or code)
+    except DATABASE_UNAVAILABLE as exc:
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
+        return error_response(503, "database_unavailable", "the database is not reachable; try again shortly")
     except Exception:
         # An unexpected failure is our bug; the client still gets JSON and the server lives on.
         log.exception("unhandled error on %s %s", request.method, request.path)

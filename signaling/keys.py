@@ -11,7 +11,10 @@ from signaling.auth import TOKENS
 from signaling.errors import MAX_BODY_BYTES
 from signaling.settings import Settings
 from storage.database import Database
+from storage.nodes import NodeRepository
+from storage.quotas import QuotaRepository
 from storage.sessions import SessionRepository
+from storage.usage import UsageRepository
 from storage.users import UserRepository
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -19,6 +22,11 @@ DB = web.AppKey("db", Database)
 USERS = web.AppKey("users", UserRepository)
 SESSIONS = web.AppKey("sessions", SessionRepository)
 CALLS = web.AppKey("calls", CallRegistry)
-__all__ = ["CALLS", "DB", "MAX_BODY_BYTES", "SESSIONS", "SETTINGS", "TOKENS", "USERS", "WEBSOCKETS"]
+USAGE = web.AppKey("usage", UsageRepository)
+QUOTAS = web.AppKey("quotas", QuotaRepository)
+NODES = web.AppKey("nodes", NodeRepository)
+__all__ = [
+    "CALLS", "DB", "MAX_BODY_BYTES", "NODES", "QUOTAS", "SESSIONS", "SETTINGS", "TOKENS", "USAGE", "USERS", "WEBSOCKETS",
+]
 
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)

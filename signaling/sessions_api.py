@@ -15,6 +15,7 @@ from signaling import keys
 from signaling.auth import Principal, principal_of
 from signaling.errors import ApiError, read_json
 from storage.sessions import SessionRecord, SessionRepository
+from storage.usage import TIME_USAGE_TYPES
 
 routes = web.RouteTableDef()
 
@@ -53,6 +54,9 @@ async def create_session(request: web.Request) -> web.Response:
     principal = principal_of(request)
     await read_json(request, allow_empty=True)
     await request.app[keys.USERS].ensure(principal.user_id)
+    exhausted = await request.app[keys.QUOTAS].exhausted_types(principal.user_id, TIME_USAGE_TYPES)
+    if exhausted:
+        raise ApiError(403, "quota_exceeded", f"no quota left this month for: {', '.join(exhausted)}")
     sessions: SessionRepository = request.app[keys.SESSIONS]
     record = await sessions.create(principal.user_id, request.app[keys.SETTINGS].session_ttl_seconds, request.app[keys.SETTINGS].node_id)
     return web.json_response(
@@ -83,7 +87,7 @@ async def post_offer(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_sdp", str(exc)) from exc
     except CallStateError as exc:
         raise ApiError(409, "invalid_state", str(exc)) from exc
-    await registry.mark_connecting(call)
+    await registry.call_started(call)
     return web.json_response({"sdp": answer, "type": "answer"})
 
 

@@ -32,7 +32,10 @@ class Settings:
     ice_servers: list[dict[str, object]] = field(default_factory=list)
     session_ttl_seconds: int = 300
     max_body_bytes: int = 64 * 1024
-    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # Stable across restarts on one host and port, so a restarted node ends the calls it owned.
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
+    quota_chunk_seconds: float = 5.0
+    node_stale_seconds: float = 15.0
     pipeline: str = "voice"  # what every call does with its media (media/pipelines.py)
     end_of_turn_ms: int = 500  # silence that ends a user's turn
     engines: EngineConfig = field(default_factory=EngineConfig)
@@ -48,9 +51,14 @@ class Settings:
         if not isinstance(ice_servers, list):
             raise ValueError("ICE_SERVERS must be a JSON list")
         defaults = cls()
+        host = environ.get("HOST", defaults.host)
+        port = int(environ.get("PORT", defaults.port))
         return cls(
-            host=environ.get("HOST", defaults.host),
-            port=int(environ.get("PORT", defaults.port)),
+            host=host,
+            port=port,
+            node_id=environ.get("NODE_ID") or f"{socket.gethostname()}:{port}",
+            quota_chunk_seconds=float(environ.get("QUOTA_CHUNK_SECONDS", defaults.quota_chunk_seconds)),
+            node_stale_seconds=float(environ.get("NODE_STALE_SECONDS", defaults.node_stale_seconds)),
             dev_mode=_flag(environ.get("DEV_MODE")),
             database_url=environ.get("DATABASE_URL") or None,
             var_dir=var_dir,

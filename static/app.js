@@ -5,6 +5,8 @@ const ui = {
   connect: $("connect"), hangup: $("hangup"), status: $("status"),
   micLevel: $("mic-level"), speakerLevel: $("speaker-level"), botSpeaking: $("bot-speaking"),
   transcript: $("transcript"), interim: $("interim"), events: $("events"), audio: $("remote-audio"),
+  usageConnected: $("usage-connected"), usageMic: $("usage-mic"), usageSpeech: $("usage-speech"),
+  quotaMeter: $("quota-meter"), quotaLeft: $("quota-left"), quotaWarning: $("quota-warning"),
   chatForm: $("chat-form"), chatText: $("chat-text"), chatSend: $("chat-send"),
 };
 
@@ -93,9 +95,36 @@ function onEvent(event) {
     case "bot_speaking":
       ui.botSpeaking.hidden = !event.speaking;
       break;
+    case "usage":
+      showUsage(event);
+      break;
+    case "quota_warning":
+      ui.quotaWarning.hidden = false;
+      ui.quotaWarning.textContent = event.level === "30_seconds"
+        ? `Less than 30 s of ${event.usage_type.replaceAll("_", " ")} left`
+        : `80% of this month's ${event.usage_type.replaceAll("_", " ")} used`;
+      break;
     case "error":
       console.warn("call error", event);
       break;
+  }
+}
+
+function showUsage(event) {
+  const track = (name) => event.tracks.find((t) => t.track === name)?.seconds ?? 0;
+  ui.usageConnected.textContent = event.connected_seconds.toFixed(1);
+  ui.usageMic.textContent = track("mic").toFixed(1);
+  ui.usageSpeech.textContent = track("speech").toFixed(1);
+  // The scarcest time quota is the one that will end the call.
+  let tightest = null;
+  for (const q of Object.values(event.quota || {})) {
+    if (q.limit_seconds === undefined || q.limit_seconds === 0) continue;
+    const share = q.remaining_seconds / q.limit_seconds;
+    if (tightest === null || share < tightest.share) tightest = { share, left: q.remaining_seconds };
+  }
+  if (tightest) {
+    ui.quotaMeter.value = tightest.share;
+    ui.quotaLeft.textContent = `${Math.floor(tightest.left)} s`;
   }
 }
 

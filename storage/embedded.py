@@ -45,8 +45,11 @@ class EmbeddedPostgres:
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         was_running = (self.pgdata / "postmaster.pid").exists()
-        # cleanup_mode=None: never stop from an atexit hook; stop() decides.
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        # cleanup_mode=None: never stop from an atexit hook; stop() decides. The handle is cached
+        # per folder, so start() it explicitly: that also restarts a server stopped earlier.
+        server = pgserver.get_server(self.pgdata, cleanup_mode=None, start=False)
+        server.start()
+        self._server = server
         self._started_here = not was_running
         log.info("embedded postgres at %s (started here: %s)", self.pgdata, self._started_here)
 

@@ -57,9 +57,11 @@ class RunningServer:
 
 
 def server_settings(database: Database, tmp_path: Path, **overrides: object) -> Settings:
+    port = free_port()
     base = Settings(
         host="127.0.0.1",
-        port=free_port(),
+        port=port,
+        node_id=f"test-node-{port}",
         dev_mode=True,
         database_url=database.url,
         var_dir=tmp_path,

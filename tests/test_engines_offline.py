@@ -238,7 +238,10 @@ async def test_event_loop_keeps_ticking_during_transcription(voices: Voices) -> 
     assert all(share_of_words_heard(LONG_TEXT, text) >= 0.8 for text in texts)
     assert elapsed > 0.3  # the passes really ran (and queued on the one worker)
     assert len(gaps) > 10
-    assert max(gaps) < 0.05, f"event loop stalled for {max(gaps) * 1000:.0f} ms"
+    # A pass run on the loop would stall it for a whole pass (0.3 s or more) three times over.
+    # One short hiccup is tolerated: on a shared 2-core machine the OS scheduler causes those.
+    stalls = [round(gap * 1000) for gap in gaps if gap > 0.05]
+    assert len(stalls) <= 1 and max(gaps) < 0.15, f"event loop stalled for {stalls} ms"
 
 
 async def test_concurrent_sessions_share_the_engine(voices: Voices) -> None:
@@ -271,7 +274,8 @@ async def test_tts_streams_the_first_sentence_before_the_rest(voices: Voices) ->
     assert voices.tts.sample_rate == 22050
     assert len(chunks) == 3  # Piper makes one chunk per sentence
     assert all(len(chunk) % 2 == 0 and chunk for chunk in chunks)
-    assert arrivals[0] < 0.5 * arrivals[-1], arrivals
+    # Streamed, not batched: the first sentence was out while the other two were still being made.
+    assert arrivals[-1] - arrivals[0] > 0.05, arrivals
     assert voices.tts.characters_synthesized - before == len(text)
 
 

@@ -1,0 +1,77 @@
+"""Usage and quota routes: a session's metered tracks, the caller's month, and admins setting limits."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from media.call_usage import MeterSample, usage_summary
+from signaling import keys
+from signaling.auth import principal_of
+from signaling.errors import ApiError, read_json
+from signaling.sessions_api import load_session
+from storage.usage import TIME_USAGE_TYPES, USAGE_TYPES
+
+routes = web.RouteTableDef()
+
+_US_PER_SECOND = 1_000_000
+
+
+@routes.get("/api/v1/sessions/{session_id}/usage")
+async def session_usage(request: web.Request) -> web.Response:
+    _, record = await load_session(request)
+    call = request.app[keys.CALLS].get(record.id)
+    if call is not None and call.state != "new":
+        samples = call.usage_snapshot()
+    else:
+        rows = await request.app[keys.USAGE].session_meters(record.id)
+        samples = [MeterSample(r.meter, r.kind, r.direction, r.usage_type, r.amount) for r in rows]
+    return web.json_response({"session_id": str(record.id), **usage_summary(samples)})
+
+
+def _present(usage_type: str, amount: int | None) -> float | int | None:
+    if amount is None:
+        return None
+    return amount / _US_PER_SECOND if usage_type in TIME_USAGE_TYPES else amount
+
+
+@routes.get("/api/v1/usage")
+async def my_usage(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    period = await request.app[keys.USAGE].period_usage(principal.user_id)
+    types = {}
+    for usage_type in USAGE_TYPES:
+        row = period[usage_type]
+        types[usage_type] = {
+            "unit": "seconds" if usage_type in TIME_USAGE_TYPES else usage_type.split("_")[-1],
+            "used": _present(usage_type, row.used),
+            "limit": _present(usage_type, row.limit),
+            "remaining": _present(usage_type, row.remaining),
+        }
+    return web.json_response({"user_id": principal.user_id, "usage": types})
+
+
+@routes.put("/api/v1/admin/users/{user_id}/quota")
+async def set_quota(request: web.Request) -> web.Response:
+    """Body: {"limits": {"mic_audio_seconds": 600, "tts_characters": null, ...}}; null means unlimited."""
+    principal = principal_of(request)
+    if not principal.is_admin:
+        raise ApiError(403, "forbidden", "setting quotas needs the admin role")
+    user_id = request.match_info["user_id"]
+    if not user_id or len(user_id) > 255:
+        raise ApiError(400, "invalid_user", "the user id must be 1 to 255 characters")
+    body = await read_json(request)
+    limits = body.get("limits")
+    if not isinstance(limits, dict) or not limits:
+        raise ApiError(400, "invalid_limits", "`limits` must be an object of usage type -> limit (or null)")
+    stored: dict[str, int | None] = {}
+    for usage_type, value in limits.items():
+        if usage_type not in USAGE_TYPES:
+            raise ApiError(400, "invalid_limits", f"unknown usage type {usage_type!r}; known: {', '.join(USAGE_TYPES)}")
+        if value is None:
+            stored[usage_type] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ApiError(400, "invalid_limits", f"the limit of {usage_type} must be a number >= 0 or null")
+        stored[usage_type] = round(value * _US_PER_SECOND) if usage_type in TIME_USAGE_TYPES else int(value)
+    applied = await request.app[keys.QUOTAS].set_limits(user_id, stored)
+    return web.json_response({"user_id": user_id, "limits": {t: _present(t, v) for t, v in applied.items()}})
