@@ -221,10 +221,18 @@ class UsageRepository:
             return 0
         for reading in readings:
             _check(reading)
-        columns = list(zip(*(
-            (r.session_id, r.user_id, r.meter, r.kind, r.direction, r.usage_type, r.amount) for r in readings
-        )))
-        return int(await self._pool.fetchval(_FLUSH_SQL, *columns, checked_now(now)))
+        written = await self._pool.fetchval(
+            _FLUSH_SQL,
+            [r.session_id for r in readings],
+            [r.user_id for r in readings],
+            [r.meter for r in readings],
+            [r.kind for r in readings],
+            [r.direction for r in readings],
+            [r.usage_type for r in readings],
+            [r.amount for r in readings],
+            checked_now(now),
+        )
+        return int(written)
 
     async def session_meters(self, session_id: uuid.UUID) -> list[MeterRow]:
         rows = await self._pool.fetch(

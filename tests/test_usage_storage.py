@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -144,11 +144,19 @@ async def test_a_flush_retried_after_a_lost_acknowledgement_changes_nothing(data
     assert await quotas.reserve(call.id, call.user_id, MIC, 10 * SECOND) == 10 * SECOND
     await usage.flush([mic(call, 2 * SECOND)])
     batch = [mic(call, 3 * SECOND), MeterReading(call.id, call.user_id, "tts", "count", "none", "tts_characters", 120)]
+
+    async def state() -> tuple[object, ...]:
+        return (
+            await ledger(database, call.user_id),
+            await ledger(database, call.user_id, "tts_characters"),
+            await held(database, call.id),
+            await usage.session_meters(call.id),
+        )
+
     await usage.flush(batch)  # committed, but say the reply never reached the node
-    before = (await ledger(database, call.user_id), await ledger(database, call.user_id, "tts_characters"), await held(database, call.id))
+    before = await state()
     assert await usage.flush(batch) == 0  # the node retries the same statement: nothing to write
-    after = (await ledger(database, call.user_id), await ledger(database, call.user_id, "tts_characters"), await held(database, call.id))
-    assert after == before
+    assert await state() == before
     assert before[0][0][1:] == (3 * SECOND, 7 * SECOND) and before[1][0][1] == 120 and before[2] == 7 * SECOND
 
 
@@ -293,8 +301,8 @@ async def test_limits_default_to_the_plan_and_overrides_replace_them(database: D
 async def test_usage_goes_to_the_utc_month_of_the_flush(database: Database) -> None:
     usage, quotas = UsageRepository(database.pool), QuotaRepository(database.pool)
     call = await new_call(database, new_user())
-    december = datetime(2024, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc)
-    january = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    december = datetime(2024, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    january = datetime(2025, 1, 1, tzinfo=UTC)
     still_december = datetime(2025, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))  # 23:30 UTC
     assert await quotas.reserve(call.id, call.user_id, MIC, 5 * SECOND, now=december) == 5 * SECOND
     await usage.flush([mic(call, 2 * SECOND)], now=december)
@@ -330,7 +338,7 @@ async def test_a_restarted_node_ends_its_calls(database: Database) -> None:
     calls = [await new_call(database, new_user(), node) for _ in range(3)]
     await SessionRepository(database.pool).end(calls[2].id, "hangup")
     await quotas.reserve(calls[0].id, calls[0].user_id, MIC, 5 * SECOND)
-    flushed_at = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+    flushed_at = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
     await usage.flush([mic(calls[0], SECOND)], now=flushed_at)
     ended = await nodes.end_sessions_of(node, "node_restarted")
     assert sorted(ended) == sorted([calls[0].id, calls[1].id])
@@ -389,7 +397,7 @@ async def test_avatar_totals_stay_exact_over_many_fractional_events(database: Da
     assert sum(d // SECOND for d in durations) < row["total_streaming_time"]
     assert row["quota_consumed"] == Decimal("0.07") * len(durations)
     assert row["session_status"] == "active" and row["quality_setting"] == "high"
-    await avatars.record_event(avatar_id, "ended", duration_us=0, quota_cost=Decimal("0"))
+    await avatars.record_event(avatar_id, "ended", duration_us=0, quota_cost=Decimal(0))
     row = await database.pool.fetchrow("select * from avatar_sessions where id = $1", avatar_id)
     assert row["session_status"] == "ended" and row["total_streaming_time"] == sum(durations) // SECOND
     last = await database.pool.fetchrow(
@@ -399,7 +407,7 @@ async def test_avatar_totals_stay_exact_over_many_fractional_events(database: Da
     )
     assert last["event_data"] == {"n": 0, "duration_us": 1_234_567} and last["duration_seconds"] == 1
     with pytest.raises(ValueError):
-        await avatars.record_event(avatar_id, "dancing", duration_us=1, quota_cost=Decimal("0"))
+        await avatars.record_event(avatar_id, "dancing", duration_us=1, quota_cost=Decimal(0))
 
 
 async def test_concurrent_avatar_events_all_count(database: Database, second_pool: asyncpg.Pool) -> None:
@@ -410,5 +418,7 @@ async def test_concurrent_avatar_events_all_count(database: Database, second_poo
         repos[i % 2].record_event(avatar_id, "speaking", duration_us=250_000, quota_cost=Decimal("0.01"))
         for i in range(40)
     ))
-    row = await database.pool.fetchrow("select total_streaming_time, quota_consumed from avatar_sessions where id = $1", avatar_id)
+    row = await database.pool.fetchrow(
+        "select total_streaming_time, quota_consumed from avatar_sessions where id = $1", avatar_id
+    )
     assert (row["total_streaming_time"], row["quota_consumed"]) == (10, Decimal("0.40"))

@@ -126,6 +126,11 @@ async def test_barge_in_stops_the_bot_within_a_frame(voice_server: RunningServer
         interrupted = await log.wait_for("interrupted", after=mark)
         # The flush happened at once: nothing of the old reply is left queued.
         assert interrupted["reason"] == "barge_in" and interrupted["dropped_ms"] > 0
+        # The speech meter holds what was sent, never what was queued and then dropped.
+        queue = call.audio_out.queue
+        speech_us = next(s.amount for s in call.usage_snapshot() if s.meter == "speech")
+        assert speech_us == queue.sent_total * 1_000_000 // 48_000
+        assert queue.sent_total + interrupted["dropped_ms"] * 48 <= queue.pushed_total
         await log.wait_for("bot_speaking", speaking=False, after=mark)
         # The new question is answered.
         final = await log.wait_for("transcript", final=True, after=mark)
