@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fractions
 from collections.abc import Callable
 
 import av
@@ -11,11 +10,11 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.audio_buffer import SampleQueue
+from media.opus_encoder import InlineOpusEncoder
 
 SAMPLE_RATE = 48_000
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
-_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 # Past this lateness we re-anchor the schedule instead of bursting frames to catch up.
 _MAX_LATE_S = 0.06
 
@@ -24,6 +23,7 @@ class PacedAudioTrack(MediaStreamTrack):
     """Plays whatever was queued, silence otherwise, paced by the event loop's monotonic clock.
 
     Timestamps advance by exactly one frame per frame, so the receiver's clock never drifts.
+    It yields encoded Opus packets (see media.opus_encoder), which aiortc sends as they are.
     """
 
     kind = "audio"
@@ -31,6 +31,7 @@ class PacedAudioTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self.queue = SampleQueue()
+        self._encoder = InlineOpusEncoder()
         self.frames_sent = 0
         self.audio_samples_sent = 0  # samples of real (queued) audio among those sent
         self._anchor: float | None = None
@@ -60,7 +61,7 @@ class PacedAudioTrack(MediaStreamTrack):
     def queued_samples(self) -> int:
         return len(self.queue)
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -78,14 +79,11 @@ class PacedAudioTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         samples, real = self.queue.pop(FRAME_SAMPLES)
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self.frames_sent * FRAME_SAMPLES
-        frame.time_base = _TIME_BASE
+        packet = self._encoder.encode(samples, self.frames_sent * FRAME_SAMPLES)
         self.frames_sent += 1
         self.audio_samples_sent += real
         now = loop.time()
         if self._last_frame_at is not None:
             self.max_frame_gap_ms = max(self.max_frame_gap_ms, (now - self._last_frame_at) * 1000)
         self._last_frame_at = now
-        return frame
+        return packet
