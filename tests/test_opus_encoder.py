@@ -19,7 +19,9 @@ def test_packets_carry_our_timestamps_and_decode_to_the_tone() -> None:
         assert packet.pts == i * 960 and packet.time_base.denominator == 48_000
         assert packet.size > 3
         for frame in decoder.decode(packet):
-            decoded.append(frame.to_ndarray().reshape(-1)[:: len(frame.layout.channels)])
+            data = frame.to_ndarray()
+            first = data[0] if frame.format.is_planar else data.reshape(-1)[:: len(frame.layout.channels)]
+            decoded.append(first * 32768 if first.dtype.kind == "f" else first)
     audio = np.concatenate(decoded)[4800:].astype(np.float64)
     spectrum = np.abs(np.fft.rfft(audio * np.hanning(audio.size)))
     peak_hz = np.fft.rfftfreq(audio.size, 1 / 48_000)[np.argmax(spectrum)]
