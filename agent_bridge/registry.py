@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from agent_bridge.config import EngineConfig
 from agent_bridge.interfaces import Agent, SpeechToText, TextToSpeech
+
+if TYPE_CHECKING:
+    from agent_bridge.rendered_avatar import RenderedAvatar
 
 
 def _whisper(config: EngineConfig) -> SpeechToText:
@@ -80,3 +83,19 @@ def build_engines(config: EngineConfig) -> Engines:
     make_agent = _choose("agent", "AGENT_ENGINE", config.agent_engine, AGENT_ENGINES)
     make_tts = _choose("text-to-speech", "TTS_ENGINE", config.tts_engine, TTS_ENGINES)
     return Engines(stt=make_stt(config), agent=make_agent(config), tts=make_tts(config))
+
+
+AVATAR_ENGINES = ("rendered", "none")
+
+
+def build_avatar(config: EngineConfig) -> RenderedAvatar | None:
+    """The avatar every call that asks for video gets: one renderer shared by all calls, or none."""
+    if config.avatar_engine == "none":
+        return None
+    if config.avatar_engine == "rendered":
+        from agent_bridge.rendered_avatar import RenderedAvatar
+
+        return RenderedAvatar()
+    raise ValueError(
+        f"unknown avatar engine {config.avatar_engine!r} (AVATAR_ENGINE); choose one of: {', '.join(AVATAR_ENGINES)}"
+    )

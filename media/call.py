@@ -18,6 +18,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from media.avatar_track import AvatarVideoTrack
 from media.call_usage import CallUsage, MeterSample
 from media.events import EventBus
 from media.outbound_audio import PacedAudioTrack
@@ -48,6 +49,7 @@ class IceCandidateInit:
 OnCallEvent = Callable[["Call", str], Awaitable[None]]
 
 _OPUS = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+_VP8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
 
 # A peer that stays "disconnected" this long is treated as gone.
 DISCONNECT_GRACE_S = 5.0
@@ -63,6 +65,7 @@ class Call:
         *,
         ice_servers: list[RTCIceServer],
         pipeline_factory: PipelineFactory,
+        avatar_factory: Callable[[], AvatarVideoTrack] | None,
         on_connected: OnCallEvent,
         on_ended: OnCallEvent,
     ) -> None:
@@ -76,6 +79,8 @@ class Call:
         self.usage = CallUsage(self.audio_out)
         self._ice_servers = ice_servers
         self._pipeline_factory = pipeline_factory
+        self._avatar_factory = avatar_factory
+        self.avatar: AvatarVideoTrack | None = None
         self._on_connected = on_connected
         self._on_ended = on_ended
         self._pc: RTCPeerConnection | None = None
@@ -101,9 +106,12 @@ class Call:
                         # Opus only: the inbound meter reads Opus packet durations.
                         transceiver.setCodecPreferences(_OPUS)
                 pc.addTrack(self.audio_out)
+                if self._avatar_factory is not None and any(t.kind == "video" for t in pc.getTransceivers()):
+                    self._add_avatar(pc)
                 await pc.setLocalDescription(await pc.createAnswer())
             except Exception as exc:
                 # A bad offer costs this attempt only: the call stays new and can take another.
+                self._drop_avatar()
                 await pc.close()
                 if isinstance(exc, InvalidOffer):
                     raise
@@ -124,6 +132,24 @@ class Call:
             for candidate in pending:
                 await self._apply_candidate(candidate)
             return pc.localDescription.sdp
+
+    def _add_avatar(self, pc: RTCPeerConnection) -> None:
+        """The browser asked for video: it gets the avatar, VP8, its mouth following our speech."""
+        assert self._avatar_factory is not None
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "video":
+                transceiver.setCodecPreferences(_VP8)
+        self.avatar = self._avatar_factory()
+        pc.addTrack(self.avatar)
+        self.audio_out.sent_listeners.append(self.avatar.follow_speech)
+        self.usage.avatar = self.avatar
+
+    def _drop_avatar(self) -> None:
+        if self.avatar is not None:
+            self.audio_out.sent_listeners.remove(self.avatar.follow_speech)
+            self.avatar.stop()
+            self.avatar = None
+            self.usage.avatar = None
 
     async def send_text(self, text: str) -> str:
         """A typed user turn into the call; the reply is spoken on the call and returned."""
@@ -227,6 +253,8 @@ class Call:
             except Exception:
                 log.exception("pipeline of call %s failed to stop", self.session_id)
         self.audio_out.stop()
+        if self.avatar is not None:
+            self.avatar.stop()
         if self._pc is not None:
             await self._pc.close()
         self.usage.connected.stop()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiortc.rtp import RtpPacket
 
+from media.avatar_track import AvatarVideoTrack
 from media.meters import RtpAudioMeter, WallClockMeter
 from media.outbound_audio import SAMPLE_RATE, PacedAudioTrack
 
@@ -32,6 +33,7 @@ class CallUsage:
     audio_out: PacedAudioTrack
     mic: RtpAudioMeter = field(default_factory=RtpAudioMeter)
     connected: WallClockMeter = field(default_factory=WallClockMeter)
+    avatar: AvatarVideoTrack | None = None
 
     def on_inbound_audio_packet(self, packet: RtpPacket) -> None:
         self.mic.on_packet(packet.ssrc, packet.timestamp, packet.payload)
@@ -44,6 +46,8 @@ class CallUsage:
             MeterSample("speech", "audio", "outbound", "speech_audio_seconds", speech_us),
             MeterSample("connected", "time", "none", None, self.connected.media_us),
         ]
+        if self.avatar is not None:
+            samples.append(MeterSample("avatar_video", "video", "outbound", "avatar_video_seconds", self.avatar.meter.media_us))
         for name, (kind, direction, usage_type) in PIPELINE_METERS.items():
             if name in pipeline_counters:
                 samples.append(MeterSample(name, kind, direction, usage_type, pipeline_counters[name]))

@@ -7,13 +7,18 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 from aiortc import RTCIceServer
 
+from media.avatar_event_log import AvatarEventLog
+from media.avatar_presence import AvatarPresence
+from media.avatar_track import AvatarVideoTrack
 from media.call import Call
 from media.pipeline import PipelineFactory
 from media.quota_guard import QuotaGuard, QuotaPolicy
 from media.usage_flusher import UsageFlusher
+from storage.avatar_usage import AvatarSessionRepository
 from storage.quotas import QuotaRepository
 from storage.sessions import SessionRepository
 from storage.usage import UsageRepository
@@ -29,6 +34,8 @@ class Accounting:
     quotas: QuotaRepository
     usage: UsageRepository
     policy: QuotaPolicy
+    avatars: AvatarSessionRepository
+    avatar_cost_per_minute: Decimal
 
 
 class CallRegistry:
@@ -41,13 +48,16 @@ class CallRegistry:
         node_id: str,
         ice_servers: list[RTCIceServer],
         pipeline_factory: PipelineFactory,
+        avatar_factory: Callable[[], AvatarVideoTrack] | None,
         accounting: Callable[[CallRegistry], Accounting],
     ) -> None:
         self._sessions = sessions
         self._node_id = node_id
         self._ice_servers = ice_servers
         self._pipeline_factory = pipeline_factory
+        self._avatar_factory = avatar_factory
         self._calls: dict[str, Call] = {}
+        self._avatar_presence: dict[str, tuple[AvatarPresence, AvatarEventLog]] = {}
         self.accounting = accounting(self)
 
     def __len__(self) -> int:
@@ -69,6 +79,7 @@ class CallRegistry:
                 user_id,
                 ice_servers=self._ice_servers,
                 pipeline_factory=self._pipeline_factory,
+                avatar_factory=self._avatar_factory,
                 on_connected=self._record_connected,
                 on_ended=self._record_ended,
             )
@@ -90,14 +101,22 @@ class CallRegistry:
             accounting.policy,
         )
         call.run_task(guard.run(), "quota-guard")
+        if call.avatar is not None:
+            log_ = AvatarEventLog(
+                accounting.avatars, self._sessions, call.session_id, "rendered-default", accounting.avatar_cost_per_minute
+            )
+            self._avatar_presence[call.session_id] = (AvatarPresence(call.avatar, call.events, log_), log_)
 
     async def _record_connected(self, call: Call, _: str) -> None:
         await self._sessions.mark_connected(uuid.UUID(call.session_id))
 
     async def _record_ended(self, call: Call, reason: str) -> None:
         self._calls.pop(call.session_id, None)
+        avatar = self._avatar_presence.pop(call.session_id, None)
+        if avatar is not None:
+            avatar[0].end()
         if call.state_before_end != "new":
-            await self.accounting.flusher.call_ended(call, reason)
+            await self.accounting.flusher.call_ended(call, reason, avatar[1].drain if avatar else None)
         else:
             await self._sessions.end(uuid.UUID(call.session_id), reason)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import av
@@ -11,12 +10,11 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.audio_buffer import SampleQueue
 from media.opus_encoder import InlineOpusEncoder
+from media.pacing import FramePacer
 
 SAMPLE_RATE = 48_000
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
-# Past this lateness we re-anchor the schedule instead of bursting frames to catch up.
-_MAX_LATE_S = 0.06
 
 
 class PacedAudioTrack(MediaStreamTrack):
@@ -31,13 +29,12 @@ class PacedAudioTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self.queue = SampleQueue()
+        # Told of every frame's samples as it is sent (the avatar's mouth follows them).
+        self.sent_listeners: list[Callable[[np.ndarray], None]] = []
         self._encoder = InlineOpusEncoder()
         self.frames_sent = 0
         self.audio_samples_sent = 0  # samples of real (queued) audio among those sent
-        self._anchor: float | None = None
-        self._anchor_frame = 0
-        self._last_frame_at: float | None = None
-        self.max_frame_gap_ms = 0.0  # the longest wait between two frames handed to the sender
+        self._pacer = FramePacer(FRAME_MS / 1000)
 
     def push(self, samples: np.ndarray) -> int:
         """Queue 48 kHz mono int16 samples; returns the position of the first (see `when_sent`)."""
@@ -54,8 +51,13 @@ class PacedAudioTrack(MediaStreamTrack):
         """Drop all unsent audio (barge-in); returns the samples dropped."""
         return self.queue.clear()
 
+    @property
+    def max_frame_gap_ms(self) -> float:
+        """The longest wait between two frames handed to the sender since the last reset."""
+        return self._pacer.max_gap_ms
+
     def reset_gap_stats(self) -> None:
-        self.max_frame_gap_ms = 0.0
+        self._pacer.max_gap_ms = 0.0
 
     @property
     def queued_samples(self) -> int:
@@ -64,26 +66,13 @@ class PacedAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._anchor is None:
-            self._anchor = loop.time()
-            self._anchor_frame = self.frames_sent
-        else:
-            due = self._anchor + (self.frames_sent - self._anchor_frame) * FRAME_MS / 1000
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -_MAX_LATE_S:
-                self._anchor = loop.time()
-                self._anchor_frame = self.frames_sent
+        await self._pacer.wait_for(self.frames_sent)
         if self.readyState != "live":
             raise MediaStreamError
         samples, real = self.queue.pop(FRAME_SAMPLES)
         packet = self._encoder.encode(samples, self.frames_sent * FRAME_SAMPLES)
+        for listener in self.sent_listeners:
+            listener(samples)
         self.frames_sent += 1
         self.audio_samples_sent += real
-        now = loop.time()
-        if self._last_frame_at is not None:
-            self.max_frame_gap_ms = max(self.max_frame_gap_ms, (now - self._last_frame_at) * 1000)
-        self._last_frame_at = now
         return packet

@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from media.call_usage import MeterSample
 from storage.nodes import NodeRepository
 from storage.quotas import QuotaRepository
-from storage.usage import MeterReading, UsageRepository
-
-from media.call_usage import MeterSample
 from storage.sessions import SessionRepository
+from storage.usage import MeterReading, UsageRepository
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,7 @@ class _EndedCall:
     user_id: str
     reason: str
     final: list[MeterSample]
+    drain: Callable[[], Awaitable[bool]] | None  # more of the call's rows to write (avatar events)
 
 
 class LiveCall(Protocol):
@@ -76,9 +76,11 @@ class UsageFlusher:
             await asyncio.sleep(self._interval_s)
             await self.flush()
 
-    async def call_ended(self, call: LiveCall, reason: str) -> None:
+    async def call_ended(
+        self, call: LiveCall, reason: str, drain: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
         """Take the call's final totals and end, and try to write them now."""
-        self._ended[call.session_id] = _EndedCall(call.user_id, reason, call.usage_snapshot())
+        self._ended[call.session_id] = _EndedCall(call.user_id, reason, call.usage_snapshot(), drain)
         await self.flush()
 
     @property
@@ -101,6 +103,8 @@ class UsageFlusher:
                     # Totals first, then the end, then the unused quota back: each step is idempotent.
                     await self._sessions.end(uuid.UUID(session_id), end.reason)
                     await self._quotas.release(uuid.UUID(session_id))
+                    if end.drain is not None and not await end.drain():
+                        continue  # the rest waits for the next flush
                     self._ended.pop(session_id, None)
             except Exception as exc:  # the database is away; everything stays to be written next time
                 self.failures += 1

@@ -74,6 +74,7 @@ class VoicePipeline(CallPipeline):
         if event.type is TurnEventType.SPEECH_STARTED:
             if self._reply_active():
                 self._interrupt("barge_in")
+            self._ctx.events.publish("user_speaking", speaking=True)
             start = int((event.speech_start_ms - 100) * VAD_RATE / 1000)
             self._stt.push(self._preroll.since(start).tobytes())
             self._feeding_stt = True
@@ -88,6 +89,7 @@ class VoicePipeline(CallPipeline):
                 self._stt.push(pcm)
             self._held.clear()
         elif event.type is TurnEventType.TURN_ENDED:
+            self._ctx.events.publish("user_speaking", speaking=False)
             self._feeding_stt = False
             self._paused = False
             self._held.clear()

@@ -23,6 +23,7 @@ from signaling.pages import routes as page_routes
 from signaling.sessions_api import routes as session_routes
 from signaling.settings import Settings
 from signaling.usage_api import routes as usage_routes
+from storage.avatar_usage import AvatarSessionRepository
 from storage.database import open_database
 from storage.nodes import NodeRepository
 from storage.quotas import QuotaRepository
@@ -88,13 +89,21 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
             registry.live_calls, app[keys.USAGE], app[keys.SESSIONS], app[keys.QUOTAS], app[keys.NODES], settings.node_id
         )
         policy = QuotaPolicy(chunk_us=round(settings.quota_chunk_seconds * 1_000_000))
-        return Accounting(flusher, app[keys.QUOTAS], app[keys.USAGE], policy)
+        return Accounting(
+            flusher,
+            app[keys.QUOTAS],
+            app[keys.USAGE],
+            policy,
+            AvatarSessionRepository(db.pool),
+            settings.avatar_cost_per_minute,
+        )
 
     calls = CallRegistry(
         app[keys.SESSIONS],
         node_id=settings.node_id,
         ice_servers=rtc_ice_servers(settings.ice_servers),
         pipeline_factory=pipelines.factory,
+        avatar_factory=pipelines.avatar_factory,
         accounting=accounting,
     )
     app[keys.CALLS] = calls

@@ -8,6 +8,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from agent_bridge.config import EngineConfig
@@ -35,6 +36,7 @@ class Settings:
     # Stable across restarts on one host and port, so a restarted node ends the calls it owned.
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     quota_chunk_seconds: float = 5.0
+    avatar_cost_per_minute: Decimal = Decimal("1.00")  # quota_cost of a minute of avatar video
     node_stale_seconds: float = 15.0
     pipeline: str = "voice"  # what every call does with its media (media/pipelines.py)
     end_of_turn_ms: int = 500  # silence that ends a user's turn
@@ -58,6 +60,7 @@ class Settings:
             port=port,
             node_id=environ.get("NODE_ID") or f"{socket.gethostname()}:{port}",
             quota_chunk_seconds=float(environ.get("QUOTA_CHUNK_SECONDS", defaults.quota_chunk_seconds)),
+            avatar_cost_per_minute=Decimal(environ.get("AVATAR_COST_PER_MINUTE", str(defaults.avatar_cost_per_minute))),
             node_stale_seconds=float(environ.get("NODE_STALE_SECONDS", defaults.node_stale_seconds)),
             dev_mode=_flag(environ.get("DEV_MODE")),
             database_url=environ.get("DATABASE_URL") or None,

@@ -5,6 +5,7 @@ const ui = {
   connect: $("connect"), hangup: $("hangup"), status: $("status"),
   micLevel: $("mic-level"), speakerLevel: $("speaker-level"), botSpeaking: $("bot-speaking"),
   transcript: $("transcript"), interim: $("interim"), events: $("events"), audio: $("remote-audio"),
+  avatar: $("avatar"),
   usageConnected: $("usage-connected"), usageMic: $("usage-mic"), usageSpeech: $("usage-speech"),
   quotaMeter: $("quota-meter"), quotaLeft: $("quota-left"), quotaWarning: $("quota-warning"),
   chatForm: $("chat-form"), chatText: $("chat-text"), chatSend: $("chat-send"),
@@ -152,8 +153,14 @@ async function connect() {
     const pc = new RTCPeerConnection({ iceServers: session.ice_servers });
     window.voiceCall.pc = pc;
     for (const track of localStream.getAudioTracks()) pc.addTrack(track, localStream);
+    // The avatar: video only comes our way.
+    pc.addTransceiver("video", { direction: "recvonly" });
     pc.ontrack = (event) => {
-      const stream = event.streams[0] || new MediaStream([event.track]);
+      const stream = new MediaStream([event.track]);
+      if (event.track.kind === "video") {
+        ui.avatar.srcObject = stream;
+        return;
+      }
       ui.audio.srcObject = stream;
       speakerContext = meterLoop(stream, ui.speakerLevel);
     };

@@ -92,6 +92,14 @@ class SessionRepository:
             session_id,
         )
 
+    async def set_avatar(self, session_id: uuid.UUID, avatar_session_id: str, status: str) -> None:
+        await self._pool.execute(
+            "update user_sessions set avatar_session_id = $2, avatar_status = $3 where id = $1",
+            session_id,
+            avatar_session_id,
+            status,
+        )
+
     async def end(self, session_id: uuid.UUID, reason: str) -> bool:
         """Mark ended once; the first reason wins. Returns whether this call ended it."""
         result = await self._pool.execute(

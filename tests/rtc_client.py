@@ -122,6 +122,9 @@ class RtcClient:
     recorder: Recorder = field(default_factory=Recorder)
     pc: RTCPeerConnection | None = None
     session_id: str | None = None
+    want_video: bool = False  # ask for the avatar
+    video_frames: list[np.ndarray] = field(default_factory=list)  # received avatar frames (Y plane)
+    video_task: asyncio.Task[None] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -138,11 +141,15 @@ class RtcClient:
             await self.create_session(http)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTrack(self.source)
+        if self.want_video:
+            self.pc.addTransceiver("video", direction="recvonly")
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio":
                 self.recorder.start(track)
+            elif track.kind == "video":
+                self.video_task = asyncio.ensure_future(self._collect_video(track))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         sdp = self.pc.localDescription.sdp
@@ -159,6 +166,14 @@ class RtcClient:
                 assert resp.status == 204, await resp.text()
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
 
+    async def _collect_video(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.video_frames.append(frame.to_ndarray(format="gray"))
+
     async def wait_connected(self, timeout: float = 10.0) -> None:
         assert self.pc is not None
         async def until() -> None:
@@ -174,6 +189,7 @@ class RtcClient:
     async def close(self) -> None:
         if self.pc is not None:
             await self.pc.close()
-        if self.recorder.task is not None:
-            self.recorder.task.cancel()
-            await asyncio.gather(self.recorder.task, return_exceptions=True)
+        for task in (self.recorder.task, self.video_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

@@ -25,6 +25,7 @@ async () => {
       out.received = s.packetsReceived;
       out.energy = s.totalAudioEnergy;
     }
+    if (s.type === "inbound-rtp" && s.kind === "video") out.videoFrames = s.framesDecoded;
   });
   return out;
 }
@@ -54,6 +55,10 @@ async def test_page_connects_and_audio_flows_both_ways(loopback_server: RunningS
             assert second["sent"] > first["sent"] > 0, (first, second)
             assert second["received"] > first["received"] > 0, (first, second)
             assert second["energy"] > first["energy"] > 0, (first, second)
+            # The avatar's video plays too.
+            assert second["videoFrames"] - first["videoFrames"] >= 10, (first, second)
+            size = await page.evaluate("[document.querySelector('#avatar').videoWidth, document.querySelector('#avatar').videoHeight]")
+            assert size == [320, 240]
 
             session_id = await page.evaluate("window.voiceCall.sessionId")
             call = loopback_server.app[keys.CALLS].get(uuid.UUID(session_id))
