@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiortc import (
     RTCConfiguration,
+    RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
@@ -73,7 +74,6 @@ class Call:
         self.user_id = user_id
         self.events = EventBus()
         self.state = "new"
-        self.state_before_end = "new"
         self.end_reason: str | None = None
         self.audio_out = PacedAudioTrack()
         self.usage = CallUsage(self.audio_out)
@@ -85,7 +85,7 @@ class Call:
         self._on_ended = on_ended
         self._pc: RTCPeerConnection | None = None
         self._pipeline: CallPipeline | None = None
-        self._pending_candidates: list[IceCandidateInit] = []
+        self._pending_candidates: list[RTCIceCandidate | None] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
         self._offer_lock = asyncio.Lock()
@@ -160,15 +160,14 @@ class Call:
     async def add_ice_candidate(self, candidate: IceCandidateInit) -> None:
         if self.state == "ended":
             raise CallStateError("the call has ended")
-        parse_candidate(candidate)  # reject garbage now, even if we only buffer it
+        parsed = parse_candidate(candidate)  # reject garbage now, even if we only buffer it
         if self._pc is None:
-            self._pending_candidates.append(candidate)
+            self._pending_candidates.append(parsed)
             return
-        await self._apply_candidate(candidate)
+        await self._apply_candidate(parsed)
 
-    async def _apply_candidate(self, candidate: IceCandidateInit) -> None:
+    async def _apply_candidate(self, parsed: RTCIceCandidate | None) -> None:
         assert self._pc is not None
-        parsed = parse_candidate(candidate)
         if parsed is None:
             await self._pc.addIceCandidate(None)
             return
@@ -258,7 +257,6 @@ class Call:
         if self._pc is not None:
             await self._pc.close()
         self.usage.connected.stop()
-        self.state_before_end = self.state
         self._set_state("ended", reason=reason)
         try:
             await self._on_ended(self, reason)
@@ -271,11 +269,16 @@ class Call:
         return self.usage.snapshot(counters)
 
     @property
+    def had_media(self) -> bool:
+        """Whether an offer was ever accepted (so there is usage to record)."""
+        return self._pc is not None
+
+    @property
     def live_tasks(self) -> int:
         return len(self._tasks)
 
 
-def parse_candidate(init: IceCandidateInit):  # -> RTCIceCandidate | None
+def parse_candidate(init: IceCandidateInit) -> RTCIceCandidate | None:
     """The browser's candidate line as aiortc's object; None for end-of-candidates."""
     line = init.candidate.strip()
     if not line:

@@ -115,7 +115,7 @@ class CallRegistry:
         avatar = self._avatar_presence.pop(call.session_id, None)
         if avatar is not None:
             avatar[0].end()
-        if call.state_before_end != "new":
+        if call.had_media:
             await self.accounting.flusher.call_ended(call, reason, avatar[1].drain if avatar else None)
         else:
             await self._sessions.end(uuid.UUID(call.session_id), reason)
