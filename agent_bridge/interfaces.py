@@ -44,7 +44,11 @@ class SpeechToTextSession(ABC):
 
     @abstractmethod
     async def finish_turn(self) -> Transcript | None:
-        """The final transcript of the audio pushed since the last turn, or None if nothing was said."""
+        """The final transcript of the audio pushed since the last turn, or None if nothing was said.
+
+        The turn's audio is taken before the first await: audio pushed after the call belongs to
+        the next turn (a turn cut at MAX_TURN_SECONDS goes on without a gap or an overlap).
+        """
 
     @abstractmethod
     def reset(self) -> None:
@@ -75,7 +79,10 @@ class SpeechToText(ABC):
 class Conversation(ABC):
     """One call's conversation with the agent, holding its context."""
 
-    tokens: int = 0  # tokens in and out so far, where the engine reports them (metered as agent_tokens)
+    # Tokens in and out so far, where the engine reports them (metered as agent_tokens): a running
+    # total, raised as the reply streams (the prompt's when it is read, each delta's as it is
+    # yielded), never only once a reply ends, so the quota guard sees a long reply as it grows.
+    tokens: int = 0
 
     @abstractmethod
     def reply(self, text: str) -> AsyncIterator[str]:

@@ -58,7 +58,7 @@ class LocalConversation(Conversation):
         self.session_id = session_id
         self.user_id = user_id
         self.history: list[Turn] = []
-        self.tokens = 0  # words in and out, a rough stand-in for an LLM's token count
+        self.tokens = 0  # words in and out so far, a rough stand-in for an LLM's token count
         self._clock = clock
         self._closed = False
 
@@ -66,10 +66,12 @@ class LocalConversation(Conversation):
         if self._closed:
             raise RuntimeError("conversation is closed")
         answer = self.answer(text)
-        self.tokens += len(text.split()) + len(answer.split())
+        self.tokens += len(text.split())  # the prompt, as a model reads it before answering
         self.history.append(Turn(user=text, agent=answer))
         # Word by word, as a streaming model would send it; no delays, the pipeline paces speech.
+        # Each delta is counted as it goes out, so a reply cut short costs only what was sent.
         for delta in re.findall(r"\S+\s*", answer):
+            self.tokens += len(delta.split())
             yield delta
 
     def answer(self, text: str) -> str:

@@ -8,7 +8,7 @@ from aiortc.rtp import RtpPacket
 
 from media.avatar_track import AvatarVideoTrack
 from media.meters import RtpAudioMeter, WallClockMeter
-from media.outbound_audio import SAMPLE_RATE, PacedAudioTrack
+from media.outbound_audio import FRAME_MS, SAMPLE_RATE, PacedAudioTrack
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class CallUsage:
             MeterSample("mic", "audio", "inbound", "mic_audio_seconds", self.mic.media_us),
             # Speech that actually left: a barge-in flush removes the unsent rest.
             MeterSample("speech", "audio", "outbound", "speech_audio_seconds", speech_us),
+            # Every frame the speech track sent, silence included: what it streamed, never billed.
+            MeterSample("speech_streamed", "time", "outbound", None, self.audio_out.frames_sent * FRAME_MS * 1000),
             MeterSample("connected", "time", "none", None, self.connected.media_us),
         ]
         if self.avatar is not None:
@@ -63,6 +65,11 @@ PIPELINE_METERS: dict[str, tuple[str, str, str | None]] = {
 }
 
 
+# Tracks whose streamed time (what crossed the wire) has its own meter; any other track streams
+# exactly what it meters. The speech track's `seconds` are the speech in it, silence left out.
+STREAMED_METERS: dict[str, str] = {"speech": "speech_streamed"}
+
+
 def usage_summary(samples: list[MeterSample]) -> dict[str, object]:
     """The call's usage as the API and the `usage` event show it."""
     by_name = {s.meter: s for s in samples}
@@ -70,9 +77,20 @@ def usage_summary(samples: list[MeterSample]) -> dict[str, object]:
     def seconds(us: int) -> float:
         return us // 1000 / 1000  # exact to the millisecond
 
+    def streamed_us(track: MeterSample) -> int:
+        # A session stored before the streamed meter existed shows its metered time.
+        return by_name.get(STREAMED_METERS.get(track.meter, track.meter), track).amount
+
     return {
         "tracks": [
-            {"track": s.meter, "kind": s.kind, "direction": s.direction, "media_us": s.amount, "seconds": seconds(s.amount)}
+            {
+                "track": s.meter,
+                "kind": s.kind,
+                "direction": s.direction,
+                "media_us": s.amount,
+                "seconds": seconds(s.amount),
+                "streamed_seconds": seconds(streamed_us(s)),
+            }
             for s in samples
             if s.is_track
         ],

@@ -1,4 +1,7 @@
-"""Meters of streamed media, on the media clock, in integers: never floats, never the wall clock for media."""
+"""Meters of streamed media, on the media clock, in integers: never floats.
+
+The wall clock never measures media; it only bounds what a client's RTP timestamps may claim.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,86 @@ from dataclasses import dataclass, field
 from media.opus_duration import opus_packet_samples
 
 _RTP_WRAP = 1 << 32
+_NS = 1_000_000_000
+
+# Timestamps that move against the arrival clock by more than this are not network jitter but a jump.
+JUMP_TOLERANCE_NS = 300_000_000
+# How much earlier than its first arrival a source's audio may be taken to have begun, when its later
+# packets show the first one was late. Forged timestamps can gain this much once, and no more.
+START_SLACK_NS = 200_000_000
+# RFC 6716: an Opus packet holds at most 120 ms; one that claims more is malformed.
+_MAX_PACKET_MS = 120
+# Sources kept apart; past this many, the one heard least recently is settled into a fixed total.
+MAX_SOURCES = 8
 
 
 @dataclass
-class _SsrcSpan:
-    first: int  # extended timestamp of the earliest packet
-    end: int  # extended timestamp just after the latest packet's audio
-    newest: int  # extended timestamp of the newest packet, the reference for unwrapping
+class _Source:
+    """One SSRC. Timestamps are extended (unwrapped) RTP timestamps; times are monotonic ns."""
+
+    origin: int  # its first packet
+    began_ns: int  # when the audio at `origin` began, at the latest (the arrivals bound it)
+    earliest: int  # the earliest timestamp of its first span (a reordered packet may precede `origin`)
+    earliest_start_ns: int  # its audio is never taken to have begun before this
+    first: int  # the current span: its earliest packet,
+    end: int  # just after its latest packet's audio,
+    newest: int  # and its newest packet, the reference for unwrapping and for jumps
+    newest_arrival_ns: int
+    latest_arrival_ns: int
+    received: int  # samples the packets themselves carry
+    closed: int = 0  # samples of the spans before the current one
+    in_first_span: bool = True
+
+    @classmethod
+    def begin(cls, timestamp: int, duration: int, arrival_ns: int, rate: int) -> _Source:
+        # The first packet's audio was all captured before it could arrive.
+        began_ns = arrival_ns - duration * _NS // rate
+        return cls(
+            origin=timestamp,
+            began_ns=began_ns,
+            earliest=timestamp,
+            earliest_start_ns=began_ns - START_SLACK_NS,
+            first=timestamp,
+            end=timestamp + duration,
+            newest=timestamp,
+            newest_arrival_ns=arrival_ns,
+            latest_arrival_ns=arrival_ns,
+            received=duration,
+        )
+
+    def add(self, timestamp: int, duration: int, arrival_ns: int, rate: int) -> None:
+        self.received += duration
+        self.latest_arrival_ns = max(self.latest_arrival_ns, arrival_ns)
+        # The signed distance from the newest packet unwraps 32-bit timestamps, late packets included.
+        delta = (timestamp - self.newest + _RTP_WRAP // 2) % _RTP_WRAP - _RTP_WRAP // 2
+        extended = self.newest + delta
+        # Timestamps advance as the arrival clock does; what differs is jitter, or a jump.
+        drift_ns = delta * _NS // rate - (arrival_ns - self.newest_arrival_ns)
+        if abs(drift_ns) <= JUMP_TOLERANCE_NS:
+            self.first = min(self.first, extended)
+            self.end = max(self.end, extended + duration)
+            if delta > 0:
+                self.newest, self.newest_arrival_ns = extended, arrival_ns
+            if self.in_first_span:
+                self.earliest = self.first
+                # A packet arrives after its audio ended: a bound on when the audio at `origin` began.
+                self.began_ns = min(self.began_ns, arrival_ns - (extended + duration - self.origin) * _NS // rate)
+        elif not (self.first <= extended and extended + duration <= self.end):
+            # Not a late packet inside what is counted: the clock does not explain this timestamp, so a
+            # new span starts here and the jump is no time at all.
+            self.closed += self.end - self.first
+            self.first, self.end = extended, extended + duration
+            self.newest, self.newest_arrival_ns = extended, arrival_ns
+            self.in_first_span = False
+
+    def start_ns(self, rate: int) -> int:
+        """When its audio began, as the wall clock allows."""
+        return max(self.began_ns - (self.origin - self.earliest) * _NS // rate, self.earliest_start_ns)
+
+    def samples(self, rate: int) -> int:
+        spans = self.closed + self.end - self.first
+        wall = (self.latest_arrival_ns - self.start_ns(rate)) * rate // _NS
+        return min(max(spans, self.received), wall)
 
 
 @dataclass
@@ -24,31 +100,47 @@ class RtpAudioMeter:
     The streamed time is the span of RTP timestamps each source covered, so a lost packet or an
     Opus DTX pause counts for the time it spans, and packets still in the jitter buffer when the
     stream stops are counted too (decoded frames would miss them).
+
+    Timestamps are the client's to forge, so the arrival clock bounds them: a jump the clock does
+    not explain starts a new span (the jump is not time), a source never counts less than its
+    packets carried nor more than the wall-clock time it streamed for, and all sources together
+    never count more than the wall-clock time since the first of them began.
     """
 
     clock_rate: int = 48_000
     packets: int = 0
-    _spans: dict[int, _SsrcSpan] = field(default_factory=dict)
+    _sources: dict[int, _Source] = field(default_factory=dict)
+    _settled: int = 0  # samples of sources no longer kept apart
+    _start_ns: int | None = None
+    _latest_ns: int = 0
 
-    def on_packet(self, ssrc: int, timestamp: int, payload: bytes) -> None:
+    def on_packet(self, ssrc: int, timestamp: int, payload: bytes, arrival_ns: int | None = None) -> None:
         duration = opus_packet_samples(payload, self.clock_rate)
-        if duration == 0:
-            return  # padding or garbage carries no audio
+        if duration == 0 or duration > self.clock_rate * _MAX_PACKET_MS // 1000:
+            return  # padding, garbage or a malformed packet carries no audio
+        now = time.monotonic_ns() if arrival_ns is None else arrival_ns
         self.packets += 1
-        span = self._spans.get(ssrc)
-        if span is None:
-            self._spans[ssrc] = _SsrcSpan(first=timestamp, end=timestamp + duration, newest=timestamp)
-            return
-        # The signed distance from the newest packet unwraps 32-bit timestamps, late packets included.
-        delta = (timestamp - span.newest + _RTP_WRAP // 2) % _RTP_WRAP - _RTP_WRAP // 2
-        extended = span.newest + delta
-        span.newest = max(span.newest, extended)
-        span.first = min(span.first, extended)
-        span.end = max(span.end, extended + duration)
+        source = self._sources.get(ssrc)
+        if source is None:
+            if len(self._sources) >= MAX_SOURCES:
+                self._settle_quietest()
+            source = self._sources[ssrc] = _Source.begin(timestamp, duration, now, self.clock_rate)
+        else:
+            source.add(timestamp, duration, now, self.clock_rate)
+        start = source.start_ns(self.clock_rate)
+        self._start_ns = start if self._start_ns is None else min(self._start_ns, start)
+        self._latest_ns = max(self._latest_ns, now)
+
+    def _settle_quietest(self) -> None:
+        ssrc = min(self._sources, key=lambda s: self._sources[s].latest_arrival_ns)
+        self._settled += self._sources.pop(ssrc).samples(self.clock_rate)
 
     @property
     def samples(self) -> int:
-        return sum(span.end - span.first for span in self._spans.values())
+        if self._start_ns is None:
+            return 0
+        total = self._settled + sum(s.samples(self.clock_rate) for s in self._sources.values())
+        return min(total, (self._latest_ns - self._start_ns) * self.clock_rate // _NS)
 
     @property
     def media_us(self) -> int:

@@ -43,7 +43,7 @@ class ReplySpeaker:
         self._on_first_frame = on_first_frame
         self._on_error = on_error
         self._first_pushed = False
-        self.characters_synthesized = 0
+        self.characters_synthesized = 0  # a running count: each piece of text as it goes to TTS
 
     async def speak(self, deltas: AsyncIterator[str]) -> str:
         loop = asyncio.get_running_loop()

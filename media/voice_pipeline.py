@@ -43,11 +43,20 @@ class VoicePipeline(CallPipeline):
         # given to STT only if speech resumes.
         self._held: list[bytes] = []
         self._paused = False
+        # Ended turns whose finish_turn has not begun yet, and the audio of the next turn kept until it
+        # has: finish_turn takes the audio pushed before it, so nothing later may reach STT first.
+        self._closing_turns = 0
+        self._next_turn_audio: list[bytes] = []
+        # A turn cut at max_turn_ms ends where STT was fed up to; the next turn's audio starts there.
+        self._stt_fed_until = 0
+        # Transcripts of the turns of an utterance still going on (cut turns), answered as one.
+        self._said: list[asyncio.Task[Transcript | None]] = []
         self._reply_task: asyncio.Task[str] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self._bot_speaking = False
         self._turn_count = 0
-        self._tts_characters = 0
+        self._tts_characters = 0  # of finished replies
+        self._speaking: set[ReplySpeaker] = set()  # replies still being spoken
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -60,7 +69,7 @@ class VoicePipeline(CallPipeline):
             if self._paused:
                 self._held.append(pcm.tobytes())
             else:
-                self._stt.push(pcm.tobytes())
+                self._push_stt(pcm.tobytes())
         probabilities = self._vad.process(pcm)
         if not probabilities.size:
             return
@@ -74,26 +83,47 @@ class VoicePipeline(CallPipeline):
         if event.type is TurnEventType.SPEECH_STARTED:
             if self._reply_active():
                 self._interrupt("barge_in")
-            self._ctx.events.publish("user_speaking", speaking=True)
-            start = int((event.speech_start_ms - 100) * VAD_RATE / 1000)
-            self._stt.push(self._preroll.since(start).tobytes())
+            if event.cut:
+                # The caller spoke on through a cut: this turn's audio goes on from where the last stopped.
+                start = self._stt_fed_until
+            else:
+                self._ctx.events.publish("user_speaking", speaking=True)
+                start = int((event.speech_start_ms - 100) * VAD_RATE / 1000)
+            self._push_stt(self._preroll.since(start).tobytes())
             self._feeding_stt = True
             self._paused = False
         elif event.type is TurnEventType.SPEECH_PAUSED:
             self._paused = True
-            self._stt.speech_paused()
+            if not self._closing_turns:  # a pass now would be of the turn still closing
+                self._stt.speech_paused()
         elif event.type is TurnEventType.SPEECH_RESUMED:
             self._paused = False
             self._stt.speech_resumed()
             for pcm in self._held:
-                self._stt.push(pcm)
+                self._push_stt(pcm)
             self._held.clear()
         elif event.type is TurnEventType.TURN_ENDED:
-            self._ctx.events.publish("user_speaking", speaking=False)
             self._feeding_stt = False
             self._paused = False
             self._held.clear()
-            self._spawn(self._finish_turn(self._wall_time_of(event.speech_end_ms)))
+            self._stt_fed_until = self._preroll.end_sample
+            carry, self._next_turn_audio = self._next_turn_audio, []
+            self._closing_turns += 1
+            self._said.append(self._spawn(self._transcribe_turn(carry)))
+            if event.cut:
+                return  # the utterance may go on: it is answered once it ends
+            self._ctx.events.publish("user_speaking", speaking=False)
+            said, self._said = self._said, []
+            self._spawn(self._answer(said, self._wall_time_of(event.speech_end_ms)))
+
+    def _push_stt(self, pcm: bytes) -> None:
+        if self._closing_turns:
+            self._next_turn_audio.append(pcm)
+            return
+        for held in self._next_turn_audio:
+            self._stt.push(held)
+        self._next_turn_audio.clear()
+        self._stt.push(pcm)
 
     def _wall_time_of(self, media_ms: float) -> float:
         """Map a moment of the inbound audio clock to loop time: the newest sample arrived just now."""
@@ -103,18 +133,27 @@ class VoicePipeline(CallPipeline):
     def _on_interim(self, transcript: Transcript) -> None:
         self._ctx.events.publish("transcript", text=transcript.text, final=False)
 
-    async def _finish_turn(self, end_of_speech: float) -> None:
-        timer = TurnTimer(end_of_speech=end_of_speech)
+    async def _transcribe_turn(self, carry: list[bytes]) -> Transcript | None:
+        """Close the STT turn: `carry` is this turn's audio that was kept while an earlier one closed."""
+        for pcm in carry:
+            self._stt.push(pcm)
+        self._closing_turns -= 1
         try:
-            transcript = await self._stt.finish_turn()
+            return await self._stt.finish_turn()  # it takes the turn's audio before it first waits
         except Exception as exc:
             self._publish_error("stt_failed", exc)
+            return None
+
+    async def _answer(self, said: list[asyncio.Task[Transcript | None]], end_of_speech: float) -> None:
+        """Reply to an utterance: the transcripts of its turns, one, or several if it was cut."""
+        timer = TurnTimer(end_of_speech=end_of_speech)
+        texts = [t.text for t in await asyncio.gather(*said) if t is not None]
+        if not texts:
             return
-        if transcript is None:
-            return
+        text = " ".join(texts)
         timer.transcript_ready = asyncio.get_running_loop().time()
-        self._ctx.events.publish("transcript", text=transcript.text, final=True)
-        await self._start_reply(transcript.text, timer)
+        self._ctx.events.publish("transcript", text=text, final=True)
+        await self._start_reply(text, timer)
 
     # -- text chat ---------------------------------------------------------------------------
 
@@ -151,9 +190,11 @@ class VoicePipeline(CallPipeline):
         speaker = ReplySpeaker(
             self._engines.tts, self._ctx.audio_out, self._ctx.events, timer, first_frame_sent, self._publish_error
         )
+        self._speaking.add(speaker)
         try:
             reply = await speaker.speak(self._conversation.reply(text))
         finally:
+            self._speaking.discard(speaker)
             self._tts_characters += speaker.characters_synthesized
         self._ctx.audio_out.when_drained(lambda: self._set_bot_speaking(False))
         return reply
@@ -181,7 +222,8 @@ class VoicePipeline(CallPipeline):
         return {
             "voice_activity": self._turns.speech_ms * 1000,
             "stt_audio": self._stt.audio_ms_transcribed * 1000,
-            "tts_characters": self._tts_characters,
+            # A live reply's characters count as they go to TTS, so quota is checked within the reply.
+            "tts_characters": self._tts_characters + sum(s.characters_synthesized for s in self._speaking),
             "agent_tokens": self._conversation.tokens,
         }
 
@@ -189,10 +231,11 @@ class VoicePipeline(CallPipeline):
         log.warning("call %s: %s: %s", self._ctx.session_id, code, exc)
         self._ctx.events.publish("error", code=code, message=str(exc) or type(exc).__name__)
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coro):  # type: ignore[no-untyped-def]
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def stop(self) -> None:
         for task in list(self._tasks):

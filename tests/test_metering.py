@@ -14,25 +14,30 @@ from signaling import keys
 from storage.database import Database
 from tests.conftest import RunningServer, server_settings, start_server
 from tests.rtc_client import PcmSourceTrack, RtcClient, sine
-from tests.rtp_faults import filter_outgoing_rtp, opus_dtx, random_loss
+from tests.rtp_faults import RtpCounts, filter_outgoing_rtp, jumping_timestamps, opus_dtx, random_loss, rewrite_outgoing_rtp
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TRUTH_S = 7.340  # 367 packets of 20 ms
+HOUR = 48_000 * 3600  # in RTP clock units
 
 
-async def stream_exactly(http: aiohttp.ClientSession, server: RunningServer, audio: np.ndarray, fault=None):  # type: ignore[no-untyped-def]
+async def stream_exactly(  # type: ignore[no-untyped-def]
+    http: aiohttp.ClientSession, server: RunningServer, audio: np.ndarray, fault=None, rewrite=None
+) -> tuple[RtcClient, RtpCounts]:
     client = RtcClient(server.base_url, server.token(), source=PcmSourceTrack(audio, end_when_done=True))
     await client.create_session(http)
     await client.connect(http)
     if fault is not None:
-        filter_outgoing_rtp(client.pc, fault)
+        counts = filter_outgoing_rtp(client.pc, fault)
+    else:
+        counts = rewrite_outgoing_rtp(client.pc, rewrite or (lambda data: data))
     await client.wait_connected()
     while not client.source.done:
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)
     await client.hangup(http)
-    return client
+    return client, counts
 
 
 async def stored_meters(database: Database, session_id: str) -> dict[str, int]:
@@ -46,9 +51,9 @@ async def test_known_durations_are_metered_within_20ms(
 ) -> None:
     if fault == "dtx":
         audio = np.concatenate([sine(440, 2.0), np.zeros(int(48_000 * 3.34), np.int16), sine(440, 2.0)])
-        client = await stream_exactly(http, loopback_server, audio, opus_dtx())
+        client, _ = await stream_exactly(http, loopback_server, audio, opus_dtx())
     else:
-        client = await stream_exactly(http, loopback_server, sine(440, TRUTH_S), random_loss(0.05) if fault == "loss" else None)
+        client, _ = await stream_exactly(http, loopback_server, sine(440, TRUTH_S), random_loss(0.05) if fault == "loss" else None)
     assert client.source.frames_sent == 367
     stored = await stored_meters(database, client.session_id)
     assert abs(stored["mic"] / 1e6 - TRUTH_S) <= 0.020, stored
@@ -58,13 +63,56 @@ async def test_known_durations_are_metered_within_20ms(
     async with http.get(f"{loopback_server.base_url}/api/v1/sessions/{client.session_id}/usage", headers=client.headers) as resp:
         body = await resp.json()
     mic = next(t for t in body["tracks"] if t["track"] == "mic")
-    assert mic == {"track": "mic", "kind": "audio", "direction": "inbound", "media_us": stored["mic"], "seconds": stored["mic"] // 1000 / 1000}
+    seconds = stored["mic"] // 1000 / 1000
+    assert mic == {
+        "track": "mic", "kind": "audio", "direction": "inbound", "media_us": stored["mic"], "seconds": seconds, "streamed_seconds": seconds
+    }
     # The user's month holds exactly what the session stored.
     ledger = await database.pool.fetchval(
         "select used from usage_ledger where user_id = (select user_id from user_sessions where id = $1) and usage_type = 'mic_audio_seconds'",
         uuid.UUID(client.session_id),
     )
     assert ledger == stored["mic"]
+
+
+async def test_forged_timestamp_jumps_are_not_billed(
+    loopback_server: RunningServer, database: Database, http: aiohttp.ClientSession
+) -> None:
+    # At 1 s one packet 12 hours ahead; from 3 s on an hour behind; from 5 s on 30 s ahead of that.
+    jumps = jumping_timestamps({50: 12 * HOUR, 51: 0, 150: -HOUR, 250: 30 * 48_000 - HOUR})
+    client, counts = await stream_exactly(http, loopback_server, sine(440, TRUTH_S), rewrite=jumps)
+    assert counts.sent == client.source.frames_sent == 367 and counts.last_sent_at is not None
+    # The client's audio began when its source started playing; its last packet left at last_sent_at.
+    streamed_s = counts.last_sent_at - client.source._start + 0.020
+    stored = await stored_meters(database, client.session_id)
+    assert 0 < stored["mic"] / 1e6 <= streamed_s + 0.020, (stored, streamed_s)
+    # Nothing vanished either: every packet counts for the 20 ms it carried.
+    assert abs(stored["mic"] / 1e6 - TRUTH_S) <= 0.020, stored
+
+
+async def test_speech_track_reports_what_it_streamed(loopback_server: RunningServer, http: aiohttp.ClientSession) -> None:
+    # One second of tone, then the client stops sending: the echo stops, the speech track's frames go on.
+    source = PcmSourceTrack(sine(440, 1.0), end_when_done=True)
+    client = RtcClient(loopback_server.base_url, loopback_server.token(), source=source)
+    await client.create_session(http)
+    url = f"{loopback_server.base_url}/api/v1/sessions/{client.session_id}/usage"
+    try:
+        await client.connect(http)
+        await client.wait_connected()
+        await asyncio.sleep(3.0)
+        async with http.get(url, headers=client.headers) as resp:
+            live = await resp.json()
+    finally:
+        await client.hangup(http)
+    async with http.get(url, headers=client.headers) as resp:
+        ended = await resp.json()
+    for body in (live, ended):
+        tracks = {t["track"]: t for t in body["tracks"]}
+        speech, mic = tracks["speech"], tracks["mic"]
+        assert 0.5 <= speech["seconds"] <= 1.2, body
+        assert speech["streamed_seconds"] >= speech["seconds"] + 1.5, body
+        assert abs(speech["streamed_seconds"] - body["connected_seconds"]) <= 0.3, body
+        assert mic["streamed_seconds"] == mic["seconds"] > 0.9, body
 
 
 async def test_usage_events_and_live_usage_while_the_call_runs(loopback_server: RunningServer, http: aiohttp.ClientSession) -> None:

@@ -287,6 +287,91 @@ def test_turn_detector_flags_media_clock_and_finish():
     assert turns.finish() == ()
 
 
+def test_a_long_turn_is_cut_at_max_turn_ms_and_the_next_starts_at_once():
+    turns = TurnDetector(TurnConfig(min_speech_ms=60, end_of_turn_silence_ms=200, max_turn_ms=1000))
+    events: list[TurnEvent] = []
+    for flag in [True] * 175 + [False] * 12:  # 3.5 s of speech in 20 ms windows, then silence
+        events.extend(turns.push_flag(flag, 20))
+    kinds = [(e.type, e.cut) for e in events]
+    started, paused, ended = (TurnEventType.SPEECH_STARTED, TurnEventType.SPEECH_PAUSED, TurnEventType.TURN_ENDED)
+    assert kinds == [
+        (started, False), (ended, True), (started, True), (ended, True), (started, True), (ended, True),
+        (started, True), (paused, False), (ended, False),
+    ]
+    # Each turn is max_turn_ms of media time; the next starts where it was cut, on the very next window.
+    assert [(e.speech_start_ms, e.at_ms) for e in events if e.type is ended] == [
+        (0, 1000), (1000, 2000), (2000, 3000), (3000, 3700)
+    ]
+    assert [(e.speech_start_ms, e.at_ms) for e in events if e.type is started] == [
+        (0, 60), (1000, 1020), (2000, 2020), (3000, 3020)
+    ]
+    assert events[-1].speech_end_ms == 3500
+    assert turns.speech_ms == 3500 and turns.state is TurnState.IDLE
+
+
+def test_a_cut_when_the_caller_stops_or_pauses():
+    config = TurnConfig(min_speech_ms=60, end_of_turn_silence_ms=200, max_turn_ms=1000)
+    # Speech stops right at the cut: the utterance ends end_of_turn_silence_ms after its last voice.
+    turns = TurnDetector(config)
+    events = [e for flag in [True] * 50 + [False] * 10 for e in turns.push_flag(flag, 20)]
+    assert [(e.type, e.cut, e.at_ms) for e in events if e.type is TurnEventType.TURN_ENDED] == [
+        (TurnEventType.TURN_ENDED, True, 1000), (TurnEventType.TURN_ENDED, False, 1200)
+    ]
+    # The cut falls in a pause, which is not the end: speech goes on and starts the next turn at once
+    # (no min_speech_ms), and silence still ends the utterance counting from the last voice.
+    turns = TurnDetector(config)
+    events = [e for flag in [True] * 45 + [False] * 7 + [True] * 5 + [False] * 10 for e in turns.push_flag(flag, 20)]
+    kinds = [(e.type, e.cut) for e in events]
+    assert kinds == [
+        (TurnEventType.SPEECH_STARTED, False),
+        (TurnEventType.SPEECH_PAUSED, False),
+        (TurnEventType.TURN_ENDED, True),
+        (TurnEventType.SPEECH_STARTED, True),
+        (TurnEventType.SPEECH_PAUSED, False),
+        (TurnEventType.TURN_ENDED, False),
+    ]
+    cut, resumed = events[2], events[3]
+    assert (cut.at_ms, cut.speech_end_ms) == (1000, 900)
+    assert (resumed.speech_start_ms, resumed.at_ms) == (1000, 1060)
+    assert events[-1].at_ms == 1140 + 200
+    # finish() closes an utterance waiting after a cut.
+    turns = TurnDetector(config)
+    for _ in range(50):
+        turns.push_flag(True, 20)
+    assert turns.state is TurnState.CUT and not turns.in_turn and turns.turn_open
+    (closed,) = turns.finish()
+    assert closed.type is TurnEventType.TURN_ENDED and not closed.cut
+
+
+def test_max_turn_ms_zero_never_cuts_and_negative_is_refused():
+    turns = TurnDetector(TurnConfig(max_turn_ms=0))
+    events = [e for _ in range(60 * 50) for e in turns.push_flag(True, 20)]  # a minute of speech
+    assert [e.type for e in events] == [TurnEventType.SPEECH_STARTED]
+    assert TurnConfig().max_turn_ms == 30_000
+    with pytest.raises(ValueError):
+        TurnConfig(max_turn_ms=-1)
+
+
+def test_long_real_speech_is_cut_into_bounded_turns(say):
+    parts: list[np.ndarray | int] = [400]
+    for _ in range(3):
+        parts += [say(FIRST), 150, say(SECOND), 150]
+    scene = build_scene(parts + [1000], seed=7)
+    max_turn_ms = 3000.0
+    result = run_front_end(scene.audio, TurnConfig(max_turn_ms=max_turn_ms))
+    ended = of_type(result.events, TurnEventType.TURN_ENDED)
+    started = of_type(result.events, TurnEventType.SPEECH_STARTED)
+    assert len(ended) >= 3 and [e.cut for e in ended] == [True] * (len(ended) - 1) + [False], result.events
+    assert len(started) == len(ended) and not started[0].cut
+    for end in ended:
+        assert end.at_ms - end.speech_start_ms <= max_turn_ms + WINDOW_MS
+    # One utterance from the caller's point of view: it ends half a second after the speech does.
+    assert abs(ended[-1].speech_end_ms - scene.speech[-1][1]) <= 2 * WINDOW_MS
+    # Each turn after a cut starts at that cut.
+    cuts = [e.at_ms for e in ended[:-1]]
+    assert [s.speech_start_ms for s in started[1:]] == cuts
+
+
 # ---------------------------------------------------------------- VAD parity with faster-whisper
 
 
