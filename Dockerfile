@@ -6,8 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     HOST=0.0.0.0 \
     PORT=8080 \
-    VAR_DIR=/data \
-    DEV_MODE=1
+    VAR_DIR=/data
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -17,9 +16,13 @@ COPY signaling ./signaling
 COPY storage ./storage
 COPY static ./static
 COPY run.py ./
-RUN pip install --no-cache-dir . && mkdir -p /data
+# The server runs as an unprivileged user that can write only to /data.
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin voice \
+    && mkdir -p /data && chown voice:voice /data
 
-# Production: set DEV_MODE=0, JWT_SECRET and DATABASE_URL (and the cloud engines' settings).
+# DEV_MODE stays off: set JWT_SECRET (at least 32 bytes) and DATABASE_URL (and the cloud engines' settings).
 VOLUME ["/data"]
 EXPOSE 8080
+USER voice
 CMD ["python", "run.py"]

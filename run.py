@@ -14,7 +14,7 @@ from aiohttp import web
 from signaling.access_log import make_runner
 from signaling.app import build_app
 from signaling.auth import TokenAuthority
-from signaling.settings import Settings
+from signaling.settings import Settings, UnsafeSettings
 from storage.database import open_database
 
 
@@ -64,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "token":
             # Same secret as the server: JWT_SECRET, else the one kept in var/ (made if missing).
             secret = settings.resolve_jwt_secret(create=True)
-            print(TokenAuthority(secret, settings.jwt_audience).issue(args.user, args.ttl, admin=args.admin))
+            authority = TokenAuthority(secret, settings.jwt_audience, issuer=settings.jwt_issuer)
+            print(authority.issue(args.user, args.ttl, admin=args.admin))
         elif args.command == "migrate":
             asyncio.run(migrate(settings))
         else:
+            settings.check_safe_to_serve()
             asyncio.run(serve(settings))
+    except UnsafeSettings as exc:
+        # Unsafe configuration is a refusal, told apart from a runtime failure (1) by its status.
+        print(f"refusing to serve: {exc}", file=sys.stderr)
+        return 2
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

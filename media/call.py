@@ -1,31 +1,31 @@
-"""One call: its peer connection, its tracks, its pipeline and its tasks, from offer to teardown."""
+"""One call: its peer connection, its tracks, its pipeline and its tasks, from offer to teardown.
+
+A Call is made for an offer and lives new -> connecting -> connected -> ending -> ended (see
+media.call_state). Closing is idempotent and always completes; a hang-up that arrives while the
+offer is being answered waits for the answer to exist, so the peer connection it closes has
+opened every socket it ever will, and the offer then fails with CallEnded.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-from aiortc import (
-    RTCConfiguration,
-    RTCIceCandidate,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCRtpSender,
-    RTCSessionDescription,
-)
+from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.sdp import candidate_from_sdp
+from aiortc.rtp import RtpPacket
 
+from media.aiortc_internals import tap_inbound_rtp
 from media.avatar_track import AvatarVideoTrack
+from media.call_limits import CallLimits
+from media.call_state import CallState, checked_transition, is_live
 from media.call_usage import CallUsage, MeterSample
-from media.events import EventBus
+from media.call_watchdog import watch_call
 from media.outbound_audio import PacedAudioTrack
 from media.pipeline import CallPipeline, PipelineContext, PipelineFactory
-from media.rtp_tap import tap_inbound_rtp
 from media.sdp_check import InvalidOffer, check_offer
+from media.session_lobby import SessionLobby
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,8 @@ class CallStateError(Exception):
     """The request does not fit the call's state (e.g. a second offer)."""
 
 
-class InvalidCandidate(ValueError):
-    """A trickled ICE candidate that cannot be parsed."""
-
-
-@dataclass(frozen=True)
-class IceCandidateInit:
-    """The browser's RTCIceCandidateInit; an empty candidate means end of candidates."""
-
-    candidate: str
-    sdp_mid: str | None
-    sdp_mline_index: int | None
+class CallEnded(CallStateError):
+    """The call ended (a hang-up won) while the request was under way."""
 
 
 OnCallEvent = Callable[["Call", str], Awaitable[None]]
@@ -52,53 +43,63 @@ OnCallEvent = Callable[["Call", str], Awaitable[None]]
 _OPUS = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
 _VP8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
 
-# A peer that stays "disconnected" this long is treated as gone.
-DISCONNECT_GRACE_S = 5.0
+# Inbound frames that fail to process are logged at most this often per call.
+_FRAME_ERROR_LOG_INTERVAL_S = 10.0
 
 
 class Call:
-    """States: new -> connecting -> connected -> ended. `close` is idempotent and always completes."""
-
     def __init__(
         self,
-        session_id: str,
-        user_id: str,
+        lobby: SessionLobby,
         *,
         ice_servers: list[RTCIceServer],
         pipeline_factory: PipelineFactory,
         avatar_factory: Callable[[], AvatarVideoTrack] | None,
+        limits: CallLimits,
         on_connected: OnCallEvent,
         on_ended: OnCallEvent,
     ) -> None:
-        self.session_id = session_id
-        self.user_id = user_id
-        self.events = EventBus()
-        self.state = "new"
+        self.session_id = lobby.session_id
+        self.user_id = lobby.user_id
+        # The lobby's subscribers and candidate budget carry over: one stream of events per session.
+        self.events = lobby.events
+        self.candidate_budget = lobby.budget
+        self._pending_candidates: list[RTCIceCandidate | None] = list(lobby.candidates)
+        self.state = CallState.NEW
         self.end_reason: str | None = None
         self.audio_out = PacedAudioTrack()
         self.usage = CallUsage(self.audio_out)
+        self.avatar: AvatarVideoTrack | None = None
+        self.frames_failed = 0
         self._ice_servers = ice_servers
         self._pipeline_factory = pipeline_factory
         self._avatar_factory = avatar_factory
-        self.avatar: AvatarVideoTrack | None = None
+        self._limits = limits
         self._on_connected = on_connected
         self._on_ended = on_ended
         self._pc: RTCPeerConnection | None = None
         self._pipeline: CallPipeline | None = None
-        self._pending_candidates: list[RTCIceCandidate | None] = []
+        self._accepted = False
+        self._last_media_at = 0.0
+        self._frame_error_logged_at = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
+        self._critical: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
         self._offer_lock = asyncio.Lock()
 
     # -- negotiation -------------------------------------------------------------------------
 
     async def accept_offer(self, sdp: str) -> str:
-        """Answer the browser's offer; the answer carries all our candidates (we gather fully)."""
+        """Answer the browser's offer; the answer carries all our candidates (we gather fully).
+
+        InvalidOffer: the offer cannot be used (the caller abandons this call). CallEnded: a
+        hang-up arrived meanwhile; the peer connection is closed by that hang-up.
+        """
         async with self._offer_lock:
-            if self.state != "new":
+            if self.state is not CallState.NEW or self._closing is not None:
                 raise CallStateError(f"the call already has an offer (state: {self.state})")
             check_offer(sdp)
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
+            pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
                 for transceiver in pc.getTransceivers():
@@ -110,28 +111,32 @@ class Call:
                     self._add_avatar(pc)
                 await pc.setLocalDescription(await pc.createAnswer())
             except Exception as exc:
-                # A bad offer costs this attempt only: the call stays new and can take another.
-                self._drop_avatar()
-                await pc.close()
-                if isinstance(exc, InvalidOffer):
-                    raise
-                raise InvalidOffer(f"the offer was rejected: {exc}") from exc
-            self._pc = pc
-            self._set_state("connecting")
-            pc.on("connectionstatechange", self._on_connection_state)
-            self._pipeline = self._pipeline_factory(
-                PipelineContext(self.session_id, self.user_id, self.events, self.audio_out)
-            )
-            await self._pipeline.start()
-            # No renegotiation: the offer's tracks are all the tracks this call will have.
-            for receiver in pc.getReceivers():
-                if receiver.track is not None and receiver.track.kind == "audio":
-                    tap_inbound_rtp(receiver, self.usage.on_inbound_audio_packet)
-                    self._spawn(self._consume_audio(receiver.track), f"inbound-audio-{receiver.track.id}")
-            pending, self._pending_candidates = self._pending_candidates, []
-            for candidate in pending:
-                await self._apply_candidate(candidate)
+                log.info("call %s: offer rejected by the WebRTC stack: %r", self.session_id, exc)
+                raise InvalidOffer("the offer was rejected: it offers no codec or transport this server can use") from exc
+            if self._closing is not None:
+                raise CallEnded("the session was hung up while its offer was being answered")
+            await self._start_media(pc)
             return pc.localDescription.sdp
+
+    async def _start_media(self, pc: RTCPeerConnection) -> None:
+        self._accepted = True
+        self._set_state(CallState.CONNECTING)
+        pc.on("connectionstatechange", self._on_connection_state)
+        self._pipeline = self._pipeline_factory(PipelineContext(self.session_id, self.user_id, self.events, self.audio_out))
+        await self._pipeline.start()
+        # No renegotiation: the offer's tracks are all the tracks this call will have.
+        for receiver in pc.getReceivers():
+            if receiver.track is not None and receiver.track.kind == "audio":
+                tap_inbound_rtp(receiver, self._on_inbound_rtp)
+                self._spawn(self._consume_audio(receiver.track), f"inbound-audio-{receiver.track.id}")
+        pending, self._pending_candidates = self._pending_candidates, []
+        for candidate in pending:
+            self._spawn(self._apply_candidate(candidate), "pending-candidate")
+        loop = asyncio.get_running_loop()
+        self._last_media_at = loop.time()
+        self._spawn(
+            watch_call(self._limits, lambda: self.state, lambda: self._last_media_at, self.close_soon), "watchdog"
+        )
 
     def _add_avatar(self, pc: RTCPeerConnection) -> None:
         """The browser asked for video: it gets the avatar, VP8, its mouth following our speech."""
@@ -144,37 +149,42 @@ class Call:
         self.audio_out.sent_listeners.append(self.avatar.follow_speech)
         self.usage.avatar = self.avatar
 
-    def _drop_avatar(self) -> None:
-        if self.avatar is not None:
+    def stop_avatar(self, reason: str) -> None:
+        """The avatar goes, the voice stays (its quota ran out, say)."""
+        if self.avatar is None or self.avatar.readyState != "live":
+            return
+        if self.avatar.follow_speech in self.audio_out.sent_listeners:
             self.audio_out.sent_listeners.remove(self.avatar.follow_speech)
-            self.avatar.stop()
-            self.avatar = None
-            self.usage.avatar = None
+        self.avatar.stop()
+        self.events.publish("avatar_stopped", reason=reason)
 
     async def send_text(self, text: str) -> str:
         """A typed user turn into the call; the reply is spoken on the call and returned."""
-        if self.state not in ("connecting", "connected") or self._pipeline is None:
+        if not is_live(self.state) or self._pipeline is None:
             raise CallStateError(f"the call is not connected (state: {self.state})")
         return await self._pipeline.handle_text(text)
 
-    async def add_ice_candidate(self, candidate: IceCandidateInit) -> None:
-        if self.state == "ended":
-            raise CallStateError("the call has ended")
-        parsed = parse_candidate(candidate)  # reject garbage now, even if we only buffer it
-        if self._pc is None:
-            self._pending_candidates.append(parsed)
+    async def add_ice_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        """A parsed trickled candidate (None: end of candidates); the caller has charged the budget."""
+        if self.state in (CallState.ENDING, CallState.ENDED) or self._closing is not None:
+            raise CallEnded("the call has ended")
+        if not self._accepted:
+            self._pending_candidates.append(candidate)
             return
-        await self._apply_candidate(parsed)
+        await self._apply_candidate(candidate)
 
     async def _apply_candidate(self, parsed: RTCIceCandidate | None) -> None:
         assert self._pc is not None
-        if parsed is None:
-            await self._pc.addIceCandidate(None)
-            return
-        with contextlib.suppress(ValueError):  # a candidate for a section we did not negotiate
+        try:
             await self._pc.addIceCandidate(parsed)
+        except ValueError:  # a candidate for a section we did not negotiate
+            pass
 
     # -- media -------------------------------------------------------------------------------
+
+    def _on_inbound_rtp(self, packet: RtpPacket) -> None:
+        self._last_media_at = asyncio.get_running_loop().time()
+        self.usage.on_inbound_audio_packet(packet)
 
     async def _consume_audio(self, track: MediaStreamTrack) -> None:
         pipeline = self._pipeline
@@ -184,84 +194,108 @@ class Call:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            pipeline.on_audio_frame(frame)
+            try:
+                pipeline.on_audio_frame(frame)
+            except Exception:
+                # One bad frame costs that frame only: the call keeps listening.
+                self.frames_failed += 1
+                now = asyncio.get_running_loop().time()
+                if now - self._frame_error_logged_at >= _FRAME_ERROR_LOG_INTERVAL_S:
+                    self._frame_error_logged_at = now
+                    log.warning("call %s: skipped an inbound frame (%d so far)", self.session_id, self.frames_failed, exc_info=True)
 
     def _on_connection_state(self) -> None:
         assert self._pc is not None
         state = self._pc.connectionState
-        if state == "connected" and self.state == "connecting":
+        if state == "connected" and self.state is CallState.CONNECTING:
             self.usage.connected.start()
-            self._set_state("connected")
+            self._last_media_at = asyncio.get_running_loop().time()
+            self._set_state(CallState.CONNECTED)
             self._spawn(self._on_connected(self, "connected"), "mark-connected")
         elif state == "failed":
             self.close_soon("ice_failed")
         elif state == "closed":
             self.close_soon("peer_closed")
-        elif state == "disconnected":
-            self._spawn(self._close_if_still_disconnected(), "disconnect-grace")
-
-    async def _close_if_still_disconnected(self) -> None:
-        await asyncio.sleep(DISCONNECT_GRACE_S)
-        if self._pc is not None and self._pc.connectionState == "disconnected":
-            self.close_soon("ice_disconnected")
+        # aiortc never reports "disconnected" for a vanished peer: the watchdog's media timeout does.
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _set_state(self, state: str, **extra: object) -> None:
-        self.state = state
-        self.events.publish("state", state=state, **extra)
+    def _set_state(self, state: CallState, *, announce: bool = True, **extra: object) -> None:
+        self.state = checked_transition(self.state, state)
+        if announce:
+            self.events.publish("state", state=str(state), **extra)
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+    def _spawn(self, coro: Awaitable[None], name: str, *, critical: bool = False) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
+        if critical:
+            self._critical.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("call %s task %s failed", self.session_id, task.get_name(), exc_info=task.exception())
-            self.events.publish("error", code="internal", message=f"{task.get_name()} failed")
+        critical = task in self._critical
+        self._critical.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("call %s task %s failed", self.session_id, task.get_name(), exc_info=task.exception())
+        self.events.publish("error", code="internal", message=f"{task.get_name()} failed")
+        if critical:
+            # Without its quota guard (or pipeline) the call must not go on unmetered or deaf.
+            self.close_soon(f"{task.get_name()}_failed")
 
-    def run_task(self, coro: Awaitable[None], name: str) -> None:
-        """Run `coro` for as long as the call lives; it is cancelled when the call ends."""
-        if self.state == "ended" or self._closing is not None:
-            raise CallStateError("the call has ended")
-        self._spawn(coro, name)
+    def run_task(self, coro: Awaitable[None], name: str, *, critical: bool = False) -> None:
+        """Run `coro` for as long as the call lives; a critical task that fails ends the call."""
+        if self.state in (CallState.ENDING, CallState.ENDED) or self._closing is not None:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise CallEnded("the call has ended")
+        self._spawn(coro, name, critical=critical)
 
     def close_soon(self, reason: str) -> None:
         """Start closing from a callback that cannot await."""
         if self._closing is None:
-            self._closing = asyncio.ensure_future(self._close(reason))
+            self._closing = asyncio.ensure_future(self._close(reason, announce=True))
 
     async def close(self, reason: str) -> None:
         self.close_soon(reason)
         assert self._closing is not None
         await asyncio.shield(self._closing)
 
-    async def _close(self, reason: str) -> None:
-        self.end_reason = reason
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._pipeline is not None:
+    async def abandon(self) -> None:
+        """Drop a call whose offer was refused: nothing is announced or recorded, the session waits on."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close("offer_rejected", announce=False))
+        await asyncio.shield(self._closing)
+
+    async def _close(self, reason: str, *, announce: bool) -> None:
+        # An offer being answered finishes first: the peer connection then has all its sockets.
+        async with self._offer_lock:
+            self.end_reason = reason
+            self._set_state(CallState.ENDING, announce=False)
+            current = asyncio.current_task()
+            tasks = [t for t in self._tasks if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._pipeline is not None:
+                try:
+                    await self._pipeline.stop()
+                except Exception:
+                    log.exception("pipeline of call %s failed to stop", self.session_id)
+            self.audio_out.stop()
+            if self.avatar is not None:
+                self.avatar.stop()
+            if self._pc is not None:
+                await self._pc.close()
+            self.usage.connected.stop()
+            self._set_state(CallState.ENDED, announce=announce, reason=reason)
+        if announce:
             try:
-                await self._pipeline.stop()
+                await self._on_ended(self, reason)
             except Exception:
-                log.exception("pipeline of call %s failed to stop", self.session_id)
-        self.audio_out.stop()
-        if self.avatar is not None:
-            self.avatar.stop()
-        if self._pc is not None:
-            await self._pc.close()
-        self.usage.connected.stop()
-        self._set_state("ended", reason=reason)
-        try:
-            await self._on_ended(self, reason)
-        except Exception:
-            log.exception("recording the end of call %s failed", self.session_id)
+                log.exception("recording the end of call %s failed", self.session_id)
 
     def usage_snapshot(self) -> list[MeterSample]:
         """Every meter of the call as an absolute running total, right now."""
@@ -271,24 +305,8 @@ class Call:
     @property
     def had_media(self) -> bool:
         """Whether an offer was ever accepted (so there is usage to record)."""
-        return self._pc is not None
+        return self._accepted
 
     @property
     def live_tasks(self) -> int:
         return len(self._tasks)
-
-
-def parse_candidate(init: IceCandidateInit) -> RTCIceCandidate | None:
-    """The browser's candidate line as aiortc's object; None for end-of-candidates."""
-    line = init.candidate.strip()
-    if not line:
-        return None
-    if line.startswith("candidate:"):
-        line = line[len("candidate:") :]
-    try:
-        candidate = candidate_from_sdp(line)
-    except Exception as exc:  # the parser asserts and indexes its way through the line
-        raise InvalidCandidate(f"the ICE candidate could not be parsed: {exc}") from exc
-    candidate.sdpMid = init.sdp_mid
-    candidate.sdpMLineIndex = init.sdp_mline_index
-    return candidate

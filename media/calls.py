@@ -1,136 +1,208 @@
-"""The calls live on this node, and what their lifecycle writes to storage."""
+"""The sessions and calls live on this node: lobbies before the offer, one Call per session after it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from decimal import Decimal
+from datetime import datetime
 
 from aiortc import RTCIceServer
 
-from media.avatar_event_log import AvatarEventLog
-from media.avatar_presence import AvatarPresence
 from media.avatar_track import AvatarVideoTrack
-from media.call import Call
+from media.call import Call, CallEnded, CallStateError
+from media.call_accounting import Accounting
+from media.call_limits import CallLimits
+from media.call_state import is_live
+from media.events import EventSink
+from media.ice_candidates import IceCandidateInit, parse_candidate
 from media.pipeline import PipelineFactory
-from media.quota_guard import QuotaGuard, QuotaPolicy
-from media.usage_flusher import UsageFlusher
-from storage.avatar_usage import AvatarSessionRepository
-from storage.quotas import QuotaRepository
-from storage.sessions import SessionRepository
-from storage.usage import UsageRepository
+from media.sdp_check import InvalidOffer
+from media.session_lobby import CandidateBudget, SessionLobby
 
 log = logging.getLogger(__name__)
 
+# Sessions that ended here recently, so a late WebSocket hears "ended" rather than waiting.
+_RECENTLY_ENDED = 1024
 
-@dataclass
-class Accounting:
-    """Metering and quota for every call on this node."""
 
-    flusher: UsageFlusher
-    quotas: QuotaRepository
-    usage: UsageRepository
-    policy: QuotaPolicy
-    avatars: AvatarSessionRepository
-    avatar_cost_per_minute: Decimal
+class AtCapacity(Exception):
+    """This node runs as many calls as it may."""
 
 
 class CallRegistry:
-    """Creates at most one Call per session, records its states, meters and guards it, ends them all at shutdown."""
+    """At most one Call per session; offers, hang-ups and candidates for a session meet here."""
 
     def __init__(
         self,
-        sessions: SessionRepository,
         *,
-        node_id: str,
         ice_servers: list[RTCIceServer],
         pipeline_factory: PipelineFactory,
         avatar_factory: Callable[[], AvatarVideoTrack] | None,
+        limits: CallLimits,
+        max_calls: int,
         accounting: Callable[[CallRegistry], Accounting],
     ) -> None:
-        self._sessions = sessions
-        self._node_id = node_id
         self._ice_servers = ice_servers
-        self._pipeline_factory = pipeline_factory
+        self.pipeline_factory = pipeline_factory  # public: tests swap in a faulty pipeline
         self._avatar_factory = avatar_factory
+        self.limits = limits
+        self.max_calls = max_calls  # 0 = unlimited
+        self._lobbies: dict[str, SessionLobby] = {}
         self._calls: dict[str, Call] = {}
-        self._avatar_presence: dict[str, tuple[AvatarPresence, AvatarEventLog]] = {}
+        self._ended: OrderedDict[str, str] = OrderedDict()
         self.accounting = accounting(self)
 
     def __len__(self) -> int:
         return len(self._calls)
+
+    @property
+    def lobbies(self) -> int:
+        return len(self._lobbies)
+
+    def is_waiting(self, session_id: uuid.UUID) -> bool:
+        """Whether the session has a lobby here (candidates or event sockets before its offer)."""
+        return str(session_id) in self._lobbies
 
     def get(self, session_id: uuid.UUID) -> Call | None:
         return self._calls.get(str(session_id))
 
     def live_calls(self) -> list[Call]:
         """Calls that have media (an accepted offer) and have not ended."""
-        return [c for c in self._calls.values() if c.state in ("connecting", "connected")]
+        return [c for c in self._calls.values() if is_live(c.state)]
 
-    def get_or_create(self, session_id: uuid.UUID, user_id: str) -> Call:
+    # -- before the offer --------------------------------------------------------------------
+
+    def _lobby(self, session_id: uuid.UUID, user_id: str, expires_at: datetime) -> SessionLobby:
         key = str(session_id)
+        lobby = self._lobbies.get(key)
+        if lobby is None:
+            lobby = SessionLobby(key, user_id, CandidateBudget(self.limits.max_candidates))
+            lobby.expire_at(expires_at.timestamp(), self._lobby_expired)
+            self._lobbies[key] = lobby
+        return lobby
+
+    def _lobby_expired(self, lobby: SessionLobby) -> None:
+        if self._lobbies.get(lobby.session_id) is lobby and lobby.session_id not in self._calls:
+            del self._lobbies[lobby.session_id]
+            lobby.close("expired")
+
+    def subscribe(self, session_id: uuid.UUID, user_id: str, expires_at: datetime, sink: EventSink) -> tuple[str, Callable[[], None]]:
+        """Follow the session's events from now on; returns its state now and how to stop."""
+        key = str(session_id)
+        if key in self._ended:
+            return "ended", lambda: None
+        call = self._calls.get(key)
+        if call is not None:
+            return str(call.state), call.events.subscribe(sink)
+        return "new", self._lobby(session_id, user_id, expires_at).events.subscribe(sink)
+
+    def end_reason(self, session_id: uuid.UUID) -> str | None:
+        return self._ended.get(str(session_id))
+
+    async def add_candidate(self, session_id: uuid.UUID, user_id: str, expires_at: datetime, init: IceCandidateInit) -> None:
+        """Raises InvalidCandidate, TooManyCandidates or CallEnded."""
+        parsed = parse_candidate(init, self.limits.max_candidate_chars)
+        key = str(session_id)
+        if key in self._ended:
+            raise CallEnded("the session has ended")
+        call = self._calls.get(key)
+        if call is not None:
+            call.candidate_budget.take()
+            await call.add_ice_candidate(parsed)
+            return
+        lobby = self._lobby(session_id, user_id, expires_at)
+        lobby.budget.take()
+        lobby.candidates.append(parsed)
+
+    # -- the call ----------------------------------------------------------------------------
+
+    async def start_call(self, session_id: uuid.UUID, user_id: str, expires_at: datetime, sdp: str) -> str:
+        """Make the session's call from its offer; returns the answer.
+
+        Raises InvalidOffer (the session can take another offer), CallStateError (a call exists, or
+        a hang-up won: CallEnded), AtCapacity, or a storage error (the call is ended first).
+        """
+        key = str(session_id)
+        if key in self._ended:
+            raise CallEnded("the session has ended")
+        if key in self._calls:
+            raise CallStateError("the session already has a call")
+        if self.max_calls and len(self._calls) >= self.max_calls:
+            raise AtCapacity(f"this server runs its maximum of {self.max_calls} calls")
+        lobby = self._lobby(session_id, user_id, expires_at)
+        call = Call(
+            lobby,
+            ice_servers=self._ice_servers,
+            pipeline_factory=self.pipeline_factory,
+            avatar_factory=self._avatar_factory,
+            limits=self.limits,
+            on_connected=self._connected,
+            on_ended=self._call_ended,
+        )
+        self._calls[key] = call
+        try:
+            answer = await call.accept_offer(sdp)
+        except CallEnded:
+            await call.close("hangup")  # the hang-up's own close; it records the end
+            raise
+        except BaseException:
+            # A refused offer costs this attempt only: the lobby and its candidates stay.
+            await call.abandon()
+            if self._calls.get(key) is call:
+                del self._calls[key]
+            raise
+        # The call has taken over the lobby's subscribers, candidates and budget.
+        if self._lobbies.get(key) is lobby:
+            del self._lobbies[key]
+            lobby.close(None)
+        try:
+            await self.accounting.call_started(call)
+        except BaseException as exc:
+            await call.close("session_ended" if isinstance(exc, CallEnded) else "start_failed")
+            raise
+        return answer
+
+    async def _connected(self, call: Call, _: str) -> None:
+        await self.accounting.connected(call)
+
+    async def _call_ended(self, call: Call, reason: str) -> None:
+        if self._calls.get(call.session_id) is call:
+            del self._calls[call.session_id]
+        self._remember_ended(call.session_id, reason)
+        await self.accounting.ended(call, reason)
+
+    def _remember_ended(self, key: str, reason: str) -> None:
+        self._ended[key] = reason
+        self._ended.move_to_end(key)
+        while len(self._ended) > _RECENTLY_ENDED:
+            self._ended.popitem(last=False)
+
+    async def hang_up(self, session_id: uuid.UUID, reason: str = "hangup") -> bool:
+        """End the session's call or lobby here; returns whether a call ended."""
+        key = str(session_id)
+        lobby = self._lobbies.pop(key, None)
         call = self._calls.get(key)
         if call is None:
-            call = Call(
-                key,
-                user_id,
-                ice_servers=self._ice_servers,
-                pipeline_factory=self._pipeline_factory,
-                avatar_factory=self._avatar_factory,
-                on_connected=self._record_connected,
-                on_ended=self._record_ended,
-            )
-            self._calls[key] = call
-        return call
-
-    async def call_started(self, call: Call) -> None:
-        """The offer was accepted: record it and start guarding the call's quota."""
-        await self._sessions.mark_connecting(uuid.UUID(call.session_id), self._node_id)
-        accounting = self.accounting
-        guard = QuotaGuard(
-            call.session_id,
-            call.user_id,
-            call.usage_snapshot,
-            call.events,
-            call.close_soon,
-            accounting.quotas,
-            accounting.usage,
-            accounting.policy,
-        )
-        call.run_task(guard.run(), "quota-guard")
-        if call.avatar is not None:
-            log_ = AvatarEventLog(
-                accounting.avatars, self._sessions, call.session_id, "rendered-default", accounting.avatar_cost_per_minute
-            )
-            self._avatar_presence[call.session_id] = (AvatarPresence(call.avatar, call.events, log_), log_)
-
-    async def _record_connected(self, call: Call, _: str) -> None:
-        await self._sessions.mark_connected(uuid.UUID(call.session_id))
-
-    async def _record_ended(self, call: Call, reason: str) -> None:
-        self._calls.pop(call.session_id, None)
-        avatar = self._avatar_presence.pop(call.session_id, None)
-        if avatar is not None:
-            avatar[0].end()
-        if call.had_media:
-            await self.accounting.flusher.call_ended(call, reason, avatar[1].drain if avatar else None)
-        else:
-            await self._sessions.end(uuid.UUID(call.session_id), reason)
-
-    async def end(self, session_id: uuid.UUID, reason: str) -> bool:
-        """End the call if it lives here; returns whether one did."""
-        call = self._calls.get(str(session_id))
-        if call is None:
+            if lobby is not None:
+                self._remember_ended(key, reason)
+                lobby.close(reason)
             return False
+        if lobby is not None:
+            lobby.close(None)  # an offer is being answered: the call announces the end
         await call.close(reason)
         return True
 
     async def close_all(self, reason: str = "server_shutdown") -> None:
+        for key in list(self._lobbies):
+            self._lobbies.pop(key).close(reason)
         calls = list(self._calls.values())
         results = await asyncio.gather(*(c.close(reason) for c in calls), return_exceptions=True)
         for call, result in zip(calls, results):
             if isinstance(result, BaseException):
                 log.error("closing call %s failed", call.session_id, exc_info=result)
+
+
+__all__ = ["AtCapacity", "CallRegistry", "InvalidOffer"]

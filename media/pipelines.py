@@ -16,6 +16,8 @@ from media.pipeline import PipelineFactory
 from media.turn_detector import TurnConfig
 
 PIPELINES = ("voice", "loopback")
+_MEDIA_TYPES = ("mic_audio_seconds", "speech_audio_seconds")
+_ENGINE_TYPES = ("stt_seconds", "tts_characters", "agent_tokens")
 
 
 @dataclass
@@ -24,6 +26,8 @@ class PipelineRuntime:
 
     factory: PipelineFactory
     avatar_factory: Callable[[], AvatarVideoTrack] | None
+    # What every call consumes, and so the quota a session needs left to start (the avatar's is optional).
+    usage_types: tuple[str, ...]
     engines: Engines | None = None
 
     async def aclose(self) -> None:
@@ -35,7 +39,7 @@ async def start_pipelines(name: str, engine_config: EngineConfig, turn_config: T
     avatar = build_avatar(engine_config)
     avatar_factory = functools.partial(AvatarVideoTrack, avatar) if avatar is not None else None
     if name == "loopback":
-        return PipelineRuntime(LoopbackPipeline, avatar_factory)
+        return PipelineRuntime(LoopbackPipeline, avatar_factory, _MEDIA_TYPES)
     if name == "voice":
         from media.voice_pipeline import VoicePipeline
 
@@ -43,5 +47,5 @@ async def start_pipelines(name: str, engine_config: EngineConfig, turn_config: T
         # Models load before the first call, not during it.
         await asyncio.gather(engines.warm_up(), asyncio.to_thread(vad.load_session))
         factory = functools.partial(VoicePipeline, engines=engines, turn_config=turn_config)
-        return PipelineRuntime(factory, avatar_factory, engines)
+        return PipelineRuntime(factory, avatar_factory, _MEDIA_TYPES + _ENGINE_TYPES, engines)
     raise ValueError(f"unknown PIPELINE {name!r}; choose one of {', '.join(PIPELINES)}")

@@ -2,7 +2,8 @@
 
 Quota is reserved in small chunks by an atomic UPDATE in Postgres, so calls of one user on several
 server processes can never overspend by more than a chunk each. When nothing more can be reserved
-and the call has used what it holds, the call ends with reason `quota_exhausted`.
+and the call has used what it holds, `on_exhausted(usage_type)` decides: the call loses what that
+type pays for and goes on (the avatar), or it ends with reason `quota_exhausted`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from storage.quotas import QuotaRepository
@@ -53,18 +54,20 @@ class QuotaGuard:
         self,
         session_id: str,
         user_id: str,
+        usage_types: Iterable[str],
         snapshot: Callable[[], list[MeterSample]],
         events: EventBus,
-        end_call: Callable[[str], None],
+        on_exhausted: Callable[[str], bool],
         quotas: QuotaRepository,
         usage: UsageRepository,
         policy: QuotaPolicy,
     ) -> None:
         self._session_id = uuid.UUID(session_id)
         self._user_id = user_id
+        self._usage_types = frozenset(usage_types)  # only what this call consumes is guarded
         self._snapshot = snapshot
         self._events = events
-        self._end_call = end_call
+        self._on_exhausted = on_exhausted  # returns whether the call goes on without that type
         self._quotas = quotas
         self._usage = usage
         self._policy = policy
@@ -72,21 +75,24 @@ class QuotaGuard:
 
     async def run(self) -> None:
         limits = await self._retry(lambda: self._quotas.limits(self._user_id))
-        self._allowances = {t: _Allowance(limit) for t, limit in limits.items() if limit is not None}
+        self._allowances = {
+            t: _Allowance(limit) for t, limit in limits.items() if limit is not None and t in self._usage_types
+        }
         loop = asyncio.get_running_loop()
         next_usage_event = loop.time()
         while True:
             samples = self._snapshot()
             consumed = self._consumed(samples)
-            for usage_type, allowance in self._allowances.items():
+            for usage_type, allowance in list(self._allowances.items()):
                 used_now = consumed.get(usage_type, 0)
                 if allowance.granted - used_now < self._policy.chunk(usage_type) // 2 and not allowance.exhausted:
                     await self._reserve(usage_type, allowance, used_now)
                 self._warn(usage_type, allowance, used_now)
                 if allowance.exhausted and used_now >= allowance.granted:
                     self._events.publish("quota_exhausted", usage_type=usage_type)
-                    self._end_call("quota_exhausted")
-                    return
+                    if not self._on_exhausted(usage_type):
+                        return
+                    del self._allowances[usage_type]
             if loop.time() >= next_usage_event:
                 next_usage_event += USAGE_EVENT_INTERVAL_S
                 self._events.publish("usage", **usage_summary(samples), quota=self._quota_view(consumed))

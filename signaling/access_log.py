@@ -7,6 +7,8 @@ import logging
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from signaling.http_protocol import JsonErrorAppRunner
+
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
@@ -22,7 +24,7 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 
 
 def make_runner(app: web.Application, *, shutdown_timeout: float = 5.0) -> web.AppRunner:
-    return web.AppRunner(
+    return JsonErrorAppRunner(
         app,
         handle_signals=False,
         shutdown_timeout=shutdown_timeout,

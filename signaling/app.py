@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiortc import RTCIceServer
 
-from media.calls import Accounting, CallRegistry
+from media.aiortc_internals import check_aiortc
+from media.call_accounting import Accounting
+from media.calls import CallRegistry
 from media.pipelines import start_pipelines
 from media.quota_guard import QuotaPolicy
 from media.turn_detector import TurnConfig
@@ -20,6 +23,8 @@ from signaling.auth import TokenAuthority
 from signaling.errors import error_middleware
 from signaling.pages import STATIC_DIR, dev_routes
 from signaling.pages import routes as page_routes
+from signaling.rate_limit import rate_limit
+from signaling.security_headers import add_security_headers
 from signaling.sessions_api import routes as session_routes
 from signaling.settings import Settings
 from signaling.usage_api import routes as usage_routes
@@ -49,11 +54,16 @@ def rtc_ice_servers(raw: list[dict[str, object]]) -> list[RTCIceServer]:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    check_aiortc()  # before anything starts: an aiortc without what we reach into must not serve
+    # The first middleware is the outermost: the rate limiter's 429 passes out through error_middleware.
+    limiter = rate_limit(settings.limits.rate_limit_requests_per_minute)
+    app = web.Application(middlewares=[error_middleware, limiter], client_max_size=settings.max_body_bytes)
+    app.on_response_prepare.append(add_security_headers)
     app[keys.SETTINGS] = settings
     app[keys.MAX_BODY_BYTES] = settings.max_body_bytes
-    app[keys.TOKENS] = TokenAuthority(settings.resolve_jwt_secret(), settings.jwt_audience)
+    app[keys.TOKENS] = TokenAuthority(settings.resolve_jwt_secret(), settings.jwt_audience, settings.jwt_issuer)
     app[keys.WEBSOCKETS] = weakref.WeakSet()
+    app[keys.SESSION_SOCKETS] = Counter()
     app.add_routes(page_routes)
     app.add_routes(session_routes)
     app.add_routes(usage_routes)
@@ -75,7 +85,9 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
     app[keys.SESSIONS] = SessionRepository(db.pool)
     try:
         pipelines = await start_pipelines(
-            settings.pipeline, settings.engines, TurnConfig(end_of_turn_silence_ms=settings.end_of_turn_ms)
+            settings.pipeline,
+            settings.engines,
+            TurnConfig(end_of_turn_silence_ms=settings.end_of_turn_ms, max_turn_ms=settings.limits.max_turn_seconds * 1000),
         )
     except BaseException:
         await db.close()
@@ -96,14 +108,17 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
             policy,
             AvatarSessionRepository(db.pool),
             settings.avatar_cost_per_minute,
+            app[keys.SESSIONS],
+            settings.node_id,
+            pipelines.usage_types,
         )
 
     calls = CallRegistry(
-        app[keys.SESSIONS],
-        node_id=settings.node_id,
         ice_servers=rtc_ice_servers(settings.ice_servers),
         pipeline_factory=pipelines.factory,
         avatar_factory=pipelines.avatar_factory,
+        limits=settings.limits.call,
+        max_calls=settings.limits.max_calls,
         accounting=accounting,
     )
     app[keys.CALLS] = calls

@@ -17,10 +17,25 @@ class Principal:
     is_admin: bool
 
 
+# Our own words for each way a token fails: the library's text never reaches the client.
+# Checked in order, subclasses before their bases.
+_TOKEN_FAILURES: tuple[tuple[type[jwt.InvalidTokenError], str, str], ...] = (
+    (jwt.ExpiredSignatureError, "token_expired", "the access token has expired"),
+    (jwt.ImmatureSignatureError, "invalid_token", "the access token is not valid yet"),
+    (jwt.InvalidAudienceError, "invalid_token", "the access token is for another audience"),
+    (jwt.InvalidIssuerError, "invalid_token", "the access token is from another issuer"),
+    (jwt.InvalidAlgorithmError, "invalid_token", "the access token must be signed with HS256"),
+    (jwt.InvalidSignatureError, "invalid_token", "the access token's signature does not match"),
+    (jwt.DecodeError, "invalid_token", "the access token is not a well-formed JWT"),
+)
+
+
 class TokenAuthority:
-    def __init__(self, secret: str, audience: str = "authenticated") -> None:
+    def __init__(self, secret: str, audience: str = "authenticated", issuer: str | None = None) -> None:
         self._secret = secret
         self._audience = audience
+        self._issuer = issuer
+        self._required = ["sub", "exp", "aud"] + (["iss"] if issuer else [])
 
     def issue(self, user_id: str, ttl_seconds: int = 3600, *, admin: bool = False) -> str:
         now = int(time.time())
@@ -31,6 +46,8 @@ class TokenAuthority:
             "iat": now,
             "exp": now + ttl_seconds,
         }
+        if self._issuer:
+            claims["iss"] = self._issuer
         if admin:
             claims["app_metadata"] = {"role": "admin"}
         return jwt.encode(claims, self._secret, algorithm="HS256")
@@ -42,12 +59,17 @@ class TokenAuthority:
                 self._secret,
                 algorithms=["HS256"],
                 audience=self._audience,
-                options={"require": ["sub", "exp", "aud"]},
+                issuer=self._issuer,
+                options={"require": self._required},
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise ApiError(401, "token_expired", "the access token has expired") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            claim = exc.claim if exc.claim in self._required else "a required"
+            raise ApiError(401, "invalid_token", f"the access token has no {claim} claim") from exc
         except jwt.InvalidTokenError as exc:
-            raise ApiError(401, "invalid_token", f"the access token is not valid: {exc}") from exc
+            for kind, code, message in _TOKEN_FAILURES:
+                if isinstance(exc, kind):
+                    raise ApiError(401, code, message) from exc
+            raise ApiError(401, "invalid_token", "the access token is not valid") from exc
         user_id = claims.get("sub")
         if not isinstance(user_id, str) or not user_id or len(user_id) > 255:
             raise ApiError(401, "invalid_token", "the access token has no usable sub claim")
@@ -56,13 +78,31 @@ class TokenAuthority:
         return Principal(user_id=user_id, is_admin=is_admin)
 
 
-def principal_of(request: web.Request) -> Principal:
-    """The caller, from `Authorization: Bearer` or, for WebSockets only, `?access_token=`."""
+# Browsers cannot set headers on a WebSocket, so this one route also takes `?access_token=`.
+# Elsewhere a token in the URL would end up in logs, histories and Referer headers.
+QUERY_TOKEN_ROUTE = "/api/v1/sessions/{session_id}/events"
+
+
+def bearer_token(request: web.BaseRequest) -> str:
+    """The token of `Authorization: Bearer <token>`, or "" without one."""
     header = request.headers.get("Authorization", "")
-    token = ""
-    if header.lower().startswith("bearer "):
-        token = header[7:].strip()
-    elif request.headers.get("Upgrade", "").lower() == "websocket":
+    return header[7:].strip() if header.lower().startswith("bearer ") else ""
+
+
+def _takes_query_token(request: web.Request) -> bool:
+    route = request.match_info.route
+    return (
+        request.method == "GET"
+        and route.resource is not None
+        and route.resource.canonical == QUERY_TOKEN_ROUTE
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+    )
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The caller, from `Authorization: Bearer` or, on the events WebSocket only, `?access_token=`."""
+    token = bearer_token(request)
+    if not token and _takes_query_token(request):
         token = request.query.get("access_token", "")
     if not token:
         raise ApiError(401, "unauthorized", "an access token is required (Authorization: Bearer <token>)")

@@ -24,26 +24,28 @@ DATABASE_UNAVAILABLE = (
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s  # sent as Retry-After (429, 503)
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(status: int, code: str, message: str, *, retry_after_s: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(max(1, int(retry_after_s)))} if retry_after_s is not None else None
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "body_too_large",
-    415: "unsupported_media_type",
+# aiohttp's own 4xx (no route, wrong method, ...) get our code and message, not its reason text.
+_HTTP_ERRORS = {
+    400: ("bad_request", "the request is malformed"),
+    401: ("unauthorized", "an access token is required"),
+    403: ("forbidden", "this is not allowed"),
+    404: ("not_found", "there is nothing at this path"),
+    405: ("method_not_allowed", "this path does not take that method"),
+    409: ("conflict", "the request conflicts with the current state"),
+    415: ("unsupported_media_type", "the body's media type is not supported"),
 }
 
 
@@ -52,14 +54,14 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, retry_after_s=exc.retry_after_s)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         if exc.status == 413:
             return error_response(413, "body_too_large", f"the body is larger than {request.app[MAX_BODY_BYTES]} bytes")
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason or code)
+        code, message = _HTTP_ERRORS.get(exc.status, ("http_error", "the request cannot be served"))
+        return error_response(exc.status, code, message)
     except DATABASE_UNAVAILABLE as exc:
         log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
         return error_response(503, "database_unavailable", "the database is not reachable; try again shortly")
@@ -67,6 +69,15 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         # An unexpected failure is our bug; the client still gets JSON and the server lives on.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error")
+
+
+class _NotJsonConstant(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> object:
+    # Python's json reads NaN, Infinity and -Infinity; JSON has none of them.
+    raise _NotJsonConstant(name)
 
 
 async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[str, object]:
@@ -80,9 +91,13 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
             return {}
         raise ApiError(400, "invalid_json", "a JSON body is required")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except _NotJsonConstant as exc:
+        raise ApiError(400, "invalid_json", "the body uses NaN or Infinity, which JSON does not have") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from exc
+    except ValueError as exc:  # also bad UTF-8 and integers longer than Python converts
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     return body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 
 from aiohttp import web
 
@@ -26,7 +27,8 @@ USAGE = web.AppKey("usage", UsageRepository)
 QUOTAS = web.AppKey("quotas", QuotaRepository)
 NODES = web.AppKey("nodes", NodeRepository)
 __all__ = [
-    "CALLS", "DB", "MAX_BODY_BYTES", "NODES", "QUOTAS", "SESSIONS", "SETTINGS", "TOKENS", "USAGE", "USERS", "WEBSOCKETS",
+    "CALLS", "DB", "MAX_BODY_BYTES", "NODES", "QUOTAS", "SESSIONS", "SESSION_SOCKETS", "SETTINGS", "TOKENS", "USAGE", "USERS", "WEBSOCKETS",
 ]
 
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
+SESSION_SOCKETS = web.AppKey("session_sockets", Counter)  # open event sockets per session id

@@ -7,19 +7,18 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from media.call import CallStateError, IceCandidateInit, InvalidCandidate
-from media.calls import CallRegistry
+from media.call import CallEnded, CallStateError
+from media.calls import AtCapacity, CallRegistry
+from media.ice_candidates import IceCandidateInit, InvalidCandidate
 from media.pipeline import TextNotSupported
 from media.sdp_check import InvalidOffer
+from media.session_lobby import TooManyCandidates
 from signaling import keys
 from signaling.auth import Principal, principal_of
 from signaling.errors import ApiError, read_json
-from storage.sessions import SessionRecord, SessionRepository
-from storage.usage import TIME_USAGE_TYPES
+from storage.sessions import SessionRateLimited, SessionRecord, SessionRepository, TooManyOpenSessions
 
 routes = web.RouteTableDef()
-
-_MAX_MESSAGE_CHARS = 4000
 
 
 def _session_id(request: web.Request) -> uuid.UUID:
@@ -54,11 +53,27 @@ async def create_session(request: web.Request) -> web.Response:
     principal = principal_of(request)
     await read_json(request, allow_empty=True)
     await request.app[keys.USERS].ensure(principal.user_id)
-    exhausted = await request.app[keys.QUOTAS].exhausted_types(principal.user_id, TIME_USAGE_TYPES)
+    # Refused only for what a call cannot do without; an exhausted avatar quota means no avatar.
+    needed = request.app[keys.CALLS].accounting.call_usage_types
+    exhausted = await request.app[keys.QUOTAS].exhausted_types(principal.user_id, needed)
     if exhausted:
         raise ApiError(403, "quota_exceeded", f"no quota left this month for: {', '.join(exhausted)}")
+    settings = request.app[keys.SETTINGS]
     sessions: SessionRepository = request.app[keys.SESSIONS]
-    record = await sessions.create(principal.user_id, request.app[keys.SETTINGS].session_ttl_seconds, request.app[keys.SETTINGS].node_id)
+    try:
+        record = await sessions.create(
+            principal.user_id,
+            settings.session_ttl_seconds,
+            settings.node_id,
+            max_open=settings.limits.max_calls_per_user,
+            max_per_minute=settings.limits.rate_limit_sessions_per_minute,
+        )
+    except TooManyOpenSessions as exc:
+        raise ApiError(429, "too_many_calls", f"{exc}: end one (DELETE) or let it expire") from exc
+    except SessionRateLimited as exc:
+        raise ApiError(
+            429, "rate_limited", "too many sessions created in the last minute", retry_after_s=exc.retry_after_s
+        ) from exc
     return web.json_response(
         {
             "session_id": str(record.id),
@@ -80,14 +95,16 @@ async def post_offer(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_sdp", "`type` must be \"offer\"")
     _require_open(request, record)
     registry: CallRegistry = request.app[keys.CALLS]
-    call = registry.get_or_create(record.id, principal.user_id)
     try:
-        answer = await call.accept_offer(sdp)
+        answer = await registry.start_call(record.id, principal.user_id, record.expires_at, sdp)
     except InvalidOffer as exc:
         raise ApiError(400, "invalid_sdp", str(exc)) from exc
+    except CallEnded as exc:
+        raise ApiError(409, "session_ended", str(exc)) from exc
     except CallStateError as exc:
         raise ApiError(409, "invalid_state", str(exc)) from exc
-    await registry.call_started(call)
+    except AtCapacity as exc:
+        raise ApiError(503, "at_capacity", str(exc), retry_after_s=5) from exc
     return web.json_response({"sdp": answer, "type": "answer"})
 
 
@@ -105,11 +122,15 @@ async def post_ice(request: web.Request) -> web.Response:
     if sdp_mline_index is not None and (not isinstance(sdp_mline_index, int) or isinstance(sdp_mline_index, bool)):
         raise ApiError(400, "invalid_candidate", "`sdpMLineIndex` must be an integer or null")
     _require_open(request, record)
-    call = request.app[keys.CALLS].get_or_create(record.id, principal.user_id)
+    registry: CallRegistry = request.app[keys.CALLS]
     try:
-        await call.add_ice_candidate(IceCandidateInit(candidate, sdp_mid, sdp_mline_index))
+        await registry.add_candidate(
+            record.id, principal.user_id, record.expires_at, IceCandidateInit(candidate, sdp_mid, sdp_mline_index)
+        )
     except InvalidCandidate as exc:
         raise ApiError(400, "invalid_candidate", str(exc)) from exc
+    except TooManyCandidates as exc:
+        raise ApiError(429, "too_many_candidates", str(exc)) from exc
     except CallStateError as exc:
         raise ApiError(409, "session_ended", str(exc)) from exc
     return web.Response(status=204)
@@ -123,8 +144,9 @@ async def post_message(request: web.Request) -> web.Response:
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "invalid_text", "`text` must be a non-empty string")
-    if len(text) > _MAX_MESSAGE_CHARS:
-        raise ApiError(400, "invalid_text", f"`text` is longer than {_MAX_MESSAGE_CHARS} characters")
+    max_chars = request.app[keys.SETTINGS].limits.max_message_chars
+    if max_chars and len(text) > max_chars:
+        raise ApiError(400, "invalid_text", f"`text` is longer than {max_chars} characters")
     _require_open(request, record)
     call = request.app[keys.CALLS].get(record.id)
     if call is None:
@@ -151,6 +173,6 @@ async def get_session(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     _, record = await load_session(request)
     registry: CallRegistry = request.app[keys.CALLS]
-    if not await registry.end(record.id, "hangup"):
+    if not await registry.hang_up(record.id, "hangup"):
         await request.app[keys.SESSIONS].end(record.id, "hangup")
     return web.json_response({"status": "ended"})

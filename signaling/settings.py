@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -12,6 +13,24 @@ from decimal import Decimal
 from pathlib import Path
 
 from agent_bridge.config import EngineConfig
+from signaling.limits import Limits
+
+MIN_JWT_SECRET_BYTES = 32  # HS256 with a shorter secret can be brute-forced offline from one token
+
+
+class UnsafeSettings(Exception):
+    """The settings would expose the server; `run.py` refuses to serve (exit status 2)."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only this machine can connect."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _flag(value: str | None, default: bool = False) -> bool:
@@ -20,16 +39,26 @@ def _flag(value: str | None, default: bool = False) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _body_limit(raw: str | None, default: int) -> int:
+    if raw is None or not raw.strip():
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1024:
+        raise ValueError(f"MAX_BODY_BYTES must be a whole number of bytes >= 1024, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     dev_mode: bool = False
+    dev_mode_allow_remote: bool = False  # DEV_MODE on a non-loopback address (hands out tokens to anyone)
     database_url: str | None = None
     var_dir: Path = Path("var")
     pgdata: Path = Path("var/pgdata")
     jwt_secret: str | None = None
     jwt_audience: str = "authenticated"
+    jwt_issuer: str | None = None  # when set, every token's `iss` must equal it
     ice_servers: list[dict[str, object]] = field(default_factory=list)
     session_ttl_seconds: int = 300
     max_body_bytes: int = 64 * 1024
@@ -41,6 +70,7 @@ class Settings:
     pipeline: str = "voice"  # what every call does with its media (media/pipelines.py)
     end_of_turn_ms: int = 500  # silence that ends a user's turn
     engines: EngineConfig = field(default_factory=EngineConfig)
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -63,15 +93,19 @@ class Settings:
             avatar_cost_per_minute=Decimal(environ.get("AVATAR_COST_PER_MINUTE", str(defaults.avatar_cost_per_minute))),
             node_stale_seconds=float(environ.get("NODE_STALE_SECONDS", defaults.node_stale_seconds)),
             dev_mode=_flag(environ.get("DEV_MODE")),
+            dev_mode_allow_remote=_flag(environ.get("DEV_MODE_ALLOW_REMOTE")),
             database_url=environ.get("DATABASE_URL") or None,
             var_dir=var_dir,
             pgdata=Path(environ.get("PGDATA_DIR", str(var_dir / "pgdata"))),
             jwt_secret=environ.get("JWT_SECRET") or None,
+            jwt_issuer=environ.get("JWT_ISSUER") or None,
             ice_servers=ice_servers,
             session_ttl_seconds=int(environ.get("SESSION_TTL_SECONDS", defaults.session_ttl_seconds)),
+            max_body_bytes=_body_limit(environ.get("MAX_BODY_BYTES"), defaults.max_body_bytes),
             pipeline=environ.get("PIPELINE", defaults.pipeline),
             end_of_turn_ms=int(environ.get("END_OF_TURN_MS", defaults.end_of_turn_ms)),
             engines=EngineConfig.from_env(environ),
+            limits=Limits.from_env(environ),
         )
 
     def resolve_jwt_secret(self, *, create: bool | None = None) -> str:
@@ -89,3 +123,23 @@ class Settings:
         with os.fdopen(fd, "w") as handle:
             handle.write(secret)
         return secret
+
+    def check_safe_to_serve(self) -> None:
+        """Refuse settings that would expose the server; raises UnsafeSettings with a one-line reason."""
+        if self.dev_mode:
+            # Dev mode hands a token to anyone who asks, so it stays on this machine unless told otherwise.
+            if not is_loopback_host(self.host) and not self.dev_mode_allow_remote:
+                raise UnsafeSettings(
+                    f"DEV_MODE=1 serves /dev/token to anyone, so it listens on loopback only, not HOST={self.host!r}; "
+                    "set DEV_MODE_ALLOW_REMOTE=1 to override"
+                )
+            return
+        try:
+            secret = self.resolve_jwt_secret(create=False)
+        except RuntimeError:
+            raise UnsafeSettings(
+                f"JWT_SECRET is not set; set a random secret of at least {MIN_JWT_SECRET_BYTES} bytes "
+                "(or DEV_MODE=1 on loopback)"
+            ) from None
+        if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise UnsafeSettings(f"JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes; use a longer random secret")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 
 from media.call_usage import MeterSample, usage_summary
@@ -14,6 +16,27 @@ from storage.usage import TIME_USAGE_TYPES, USAGE_TYPES
 routes = web.RouteTableDef()
 
 _US_PER_SECOND = 1_000_000
+_INT64_MAX = 2**63 - 1  # limits are stored as Postgres bigint
+
+
+def _stored_limit(usage_type: str, value: object) -> int:
+    """A limit as stored: microseconds for time types, whole units for counts; ApiError if it cannot be."""
+    # JSON's 1e400 arrives as inf; ints are always finite (and too big for math.isfinite).
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, "invalid_limits", f"the limit of {usage_type} must be a number >= 0 or null")
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
+        raise ApiError(400, "invalid_limits", f"the limit of {usage_type} must be a finite number >= 0 or null")
+    if usage_type in TIME_USAGE_TYPES:
+        stored = value * _US_PER_SECOND
+        # Comparing a float with an int is exact in Python, so nothing past int64 slips through.
+        if stored > _INT64_MAX:
+            raise ApiError(400, "invalid_limits", f"the limit of {usage_type} is too large")
+        return round(stored)
+    if isinstance(value, float) and not value.is_integer():
+        raise ApiError(400, "invalid_limits", f"the limit of {usage_type} must be a whole number")
+    if value > _INT64_MAX:
+        raise ApiError(400, "invalid_limits", f"the limit of {usage_type} is too large")
+    return int(value)
 
 
 @routes.get("/api/v1/sessions/{session_id}/usage")
@@ -70,8 +93,6 @@ async def set_quota(request: web.Request) -> web.Response:
         if value is None:
             stored[usage_type] = None
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ApiError(400, "invalid_limits", f"the limit of {usage_type} must be a number >= 0 or null")
-        stored[usage_type] = round(value * _US_PER_SECOND) if usage_type in TIME_USAGE_TYPES else int(value)
+        stored[usage_type] = _stored_limit(usage_type, value)
     applied = await request.app[keys.QUOTAS].set_limits(user_id, stored)
     return web.json_response({"user_id": user_id, "limits": {t: _present(t, v) for t, v in applied.items()}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,21 +53,59 @@ class SessionRecord:
         }
 
 
+class TooManyOpenSessions(Exception):
+    """The user has as many open sessions as they may."""
+
+
+class SessionRateLimited(Exception):
+    """The user created as many sessions in the last minute as they may."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+# One user's open sessions (created and unexpired, or live) and creations in the last minute.
+_USER_SESSION_COUNTS = """
+select count(*) filter (where status <> 'ended' and (status <> 'created' or expires_at > now())) as open,
+       count(*) filter (where created_at > now() - interval '1 minute') as recent,
+       coalesce(extract(epoch from min(created_at) filter (where created_at > now() - interval '1 minute')
+                        + interval '1 minute' - now()), 0) as window_left_s
+from user_sessions
+where user_id = $1 and (status <> 'ended' or created_at > now() - interval '1 minute')
+"""
+
+
 class SessionRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def create(self, user_id: str, ttl_seconds: int, node_id: str) -> SessionRecord:
-        row = await self._pool.fetchrow(
-            f"""
-            insert into user_sessions(user_id, node_id, expires_at)
-            values ($1, $2, now() + make_interval(secs => $3))
-            returning {_COLUMNS}
-            """,
-            user_id,
-            node_id,
-            float(ttl_seconds),
-        )
+    async def create(
+        self, user_id: str, ttl_seconds: int, node_id: str, *, max_open: int = 0, max_per_minute: int = 0
+    ) -> SessionRecord:
+        """A new session; with limits (0 = none), checked and inserted atomically across nodes.
+
+        Raises TooManyOpenSessions or SessionRateLimited.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            if max_open or max_per_minute:
+                # Serialises one user's creations on every node, so two at once cannot both pass.
+                await conn.execute("select pg_advisory_xact_lock(hashtextextended($1, 1))", user_id)
+                counts = await conn.fetchrow(_USER_SESSION_COUNTS, user_id)
+                if max_open and counts["open"] >= max_open:
+                    raise TooManyOpenSessions(f"at most {max_open} open sessions per user")
+                if max_per_minute and counts["recent"] >= max_per_minute:
+                    raise SessionRateLimited(max(1, math.ceil(float(counts["window_left_s"]))))
+            row = await conn.fetchrow(
+                f"""
+                insert into user_sessions(user_id, node_id, expires_at)
+                values ($1, $2, now() + make_interval(secs => $3))
+                returning {_COLUMNS}
+                """,
+                user_id,
+                node_id,
+                float(ttl_seconds),
+            )
         return SessionRecord.from_row(row)
 
     async def get_for_user(self, session_id: uuid.UUID, user_id: str) -> SessionRecord | None:
@@ -76,12 +115,14 @@ class SessionRepository:
         )
         return SessionRecord.from_row(row) if row else None
 
-    async def mark_connecting(self, session_id: uuid.UUID, node_id: str) -> None:
-        await self._pool.execute(
+    async def mark_connecting(self, session_id: uuid.UUID, node_id: str) -> bool:
+        """Claim a created session for a call on this node; False if it ended (or was claimed) meanwhile."""
+        result = await self._pool.execute(
             "update user_sessions set status = 'connecting', node_id = $2 where id = $1 and status = 'created'",
             session_id,
             node_id,
         )
+        return result.endswith(" 1")
 
     async def mark_connected(self, session_id: uuid.UUID) -> None:
         await self._pool.execute(

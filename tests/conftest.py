@@ -16,6 +16,7 @@ from aiohttp import web
 from signaling.access_log import make_runner
 from signaling.app import build_app
 from signaling.auth import TokenAuthority
+from signaling.limits import Limits
 from signaling.settings import Settings
 from storage.database import Database, open_database
 
@@ -67,6 +68,8 @@ def server_settings(database: Database, tmp_path: Path, **overrides: object) -> 
         var_dir=tmp_path,
         jwt_secret=TEST_JWT_SECRET,
         pipeline="loopback",
+        # The suite makes many sessions for few users from one address: tests of the limits set them.
+        limits=Limits(max_calls_per_user=0, rate_limit_sessions_per_minute=0, rate_limit_requests_per_minute=0),
     )
     return replace(base, **overrides)
 

@@ -15,6 +15,8 @@ from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
+# Waits are written as functions: Playwright polls a bare expression with eval, which the page's CSP forbids.
+
 STATS_JS = """
 async () => {
   const stats = await window.voiceCall.pc.getStats();
@@ -46,7 +48,7 @@ async def test_page_connects_and_audio_flows_both_ways(loopback_server: RunningS
             page = await browser.new_page()
             await page.goto(loopback_server.base_url + "/")
             await page.click("#connect")
-            await page.wait_for_function("document.querySelector('#status').textContent === 'connected'", timeout=20_000)
+            await page.wait_for_function("() => document.querySelector('#status').textContent === 'connected'", timeout=20_000)
             await asyncio.sleep(2.0)
             first = await page.evaluate(STATS_JS)
             await asyncio.sleep(1.0)
@@ -65,7 +67,7 @@ async def test_page_connects_and_audio_flows_both_ways(loopback_server: RunningS
             assert call is not None and call.state == "connected"
 
             await page.click("#hangup")
-            await page.wait_for_function("document.querySelector('#status').textContent === 'ended'", timeout=10_000)
+            await page.wait_for_function("() => document.querySelector('#status').textContent === 'ended'", timeout=10_000)
             # The page shows "ended" from the event; the final flush and the stored end follow.
             status = None
             for _ in range(50):
@@ -94,19 +96,19 @@ async def test_page_shows_the_spoken_question_and_plays_the_answer(voice_server:
             page = await browser.new_page()
             await page.goto(voice_server.base_url + "/")
             await page.click("#connect")
-            await page.wait_for_function("document.querySelector('#status').textContent === 'connected'", timeout=20_000)
+            await page.wait_for_function("() => document.querySelector('#status').textContent === 'connected'", timeout=20_000)
             # The user's words appear on the page, then the agent's answer.
             await page.wait_for_function(
-                "[...document.querySelectorAll('#transcript li.user')].some(li => /time/i.test(li.textContent))",
+                "() => [...document.querySelectorAll('#transcript li.user')].some(li => /time/i.test(li.textContent))",
                 timeout=30_000,
             )
             await page.wait_for_function(
-                "[...document.querySelectorAll('#transcript li.agent')].some(li => /\\d:\\d\\d/.test(li.textContent))",
+                "() => [...document.querySelectorAll('#transcript li.agent')].some(li => /\\d:\\d\\d/.test(li.textContent))",
                 timeout=30_000,
             )
             before = await page.evaluate(STATS_JS)
             await page.wait_for_function(
-                "window.voiceCall.events.some(e => e.type === 'bot_speaking' && e.speaking === false)", timeout=30_000
+                "() => window.voiceCall.events.some(e => e.type === 'bot_speaking' && e.speaking === false)", timeout=30_000
             )
             after = await page.evaluate(STATS_JS)
             # The reply arrived as sound, not silence: audio energy grew while the bot spoke.

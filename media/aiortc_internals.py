@@ -1,0 +1,74 @@
+"""Every reach into aiortc below its public API, in one place, checked once at start.
+
+Three things the server needs that aiortc does not offer publicly:
+- seeing inbound RTP packets before the jitter buffer (the exact microphone meter);
+- handing the sender ready-encoded Opus packets (no encoder thread per call);
+- parsing SDP and candidate lines before they reach a peer connection (clear 400s).
+`check_aiortc()` refuses to start on an aiortc that no longer has what these rely on, rather
+than metering wrongly or failing inside a call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from importlib.metadata import version
+
+from aiortc import RTCIceCandidate, RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs.opus import OpusEncoder
+from aiortc.rtp import RtpPacket
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+# The versions these reaches were read from and are tested against (pyproject.toml pins the same).
+SUPPORTED = ((1, 14), (1, 16))
+
+
+class UnsupportedAiortc(RuntimeError):
+    """The installed aiortc lacks an internal the server relies on."""
+
+
+def check_aiortc() -> None:
+    """Raise UnsupportedAiortc naming what is missing; cheap, call once at start."""
+    found = version("aiortc")
+    major_minor = tuple(int(part) for part in found.split(".")[:2])
+    if not SUPPORTED[0] <= major_minor <= SUPPORTED[1]:
+        raise UnsupportedAiortc(
+            f"aiortc {found} is not supported (need {SUPPORTED[0][0]}.{SUPPORTED[0][1]}"
+            f" to {SUPPORTED[1][0]}.{SUPPORTED[1][1]}.x)"
+        )
+    problems = []
+    handler = getattr(RTCRtpReceiver, "_handle_rtp_packet", None)
+    if handler is None or list(inspect.signature(handler).parameters) != ["self", "packet", "arrival_time_ms"]:
+        problems.append("RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms)")
+    next_frame = getattr(RTCRtpSender, "_next_encoded_frame", None)
+    if next_frame is None or ".pack(" not in inspect.getsource(next_frame):
+        problems.append("RTCRtpSender._next_encoded_frame packing pre-encoded packets")
+    if not callable(getattr(OpusEncoder, "pack", None)):
+        problems.append("OpusEncoder.pack(packet)")
+    if problems:
+        raise UnsupportedAiortc(f"aiortc {found} lacks what the server relies on: {'; '.join(problems)}")
+
+
+def tap_inbound_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None]) -> None:
+    """Call `on_packet` for every RTP packet the receiver gets, before its jitter buffer.
+
+    aiortc's DTLS transport hands each of the receiver's packets to `_handle_rtp_packet`; the last
+    packets of a stream stay in the jitter buffer when it stops, so decoded frames under-count.
+    """
+    handle = receiver._handle_rtp_packet
+
+    async def observed(packet: RtpPacket, arrival_time_ms: int) -> None:
+        on_packet(packet)
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = observed  # type: ignore[method-assign]
+
+
+def parse_sdp(sdp: str) -> SessionDescription:
+    """aiortc's own SDP parser, which raises assorted exceptions on bad input."""
+    return SessionDescription.parse(sdp)
+
+
+def parse_candidate_line(line: str) -> RTCIceCandidate:
+    """One `candidate:` attribute value as aiortc's object (raises on garbage)."""
+    return candidate_from_sdp(line)

@@ -1,0 +1,82 @@
+"""What a call's life writes to storage: its start, its quota guard, its avatar rows, its end."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from media.avatar_event_log import AvatarEventLog
+from media.avatar_presence import AvatarPresence
+from media.call import Call, CallEnded
+from media.quota_guard import QuotaGuard, QuotaPolicy
+from media.usage_flusher import UsageFlusher
+from storage.avatar_usage import AvatarSessionRepository
+from storage.quotas import QuotaRepository
+from storage.sessions import SessionRepository
+from storage.usage import UsageRepository
+
+AVATAR_USAGE_TYPE = "avatar_video_seconds"
+
+
+@dataclass
+class Accounting:
+    """Metering and quota for every call on this node."""
+
+    flusher: UsageFlusher
+    quotas: QuotaRepository
+    usage: UsageRepository
+    policy: QuotaPolicy
+    avatars: AvatarSessionRepository
+    avatar_cost_per_minute: Decimal
+    sessions: SessionRepository
+    node_id: str
+    # The usage types every call of this node's pipeline consumes; the avatar's is added per call.
+    call_usage_types: tuple[str, ...]
+    _avatar_presence: dict[str, tuple[AvatarPresence, AvatarEventLog]] = field(default_factory=dict)
+
+    async def call_started(self, call: Call) -> None:
+        """The offer was accepted: record it and guard the call's quota, or end the call.
+
+        Raises CallEnded if the session ended meanwhile; a database error propagates and the
+        caller ends the call, so no call ever runs without its guard.
+        """
+        if not await self.sessions.mark_connecting(uuid.UUID(call.session_id), self.node_id):
+            raise CallEnded("the session ended before its call started")
+        types = self.call_usage_types + ((AVATAR_USAGE_TYPE,) if call.avatar is not None else ())
+        guard = QuotaGuard(
+            call.session_id,
+            call.user_id,
+            types,
+            call.usage_snapshot,
+            call.events,
+            lambda usage_type: self._on_exhausted(call, usage_type),
+            self.quotas,
+            self.usage,
+            self.policy,
+        )
+        call.run_task(guard.run(), "quota_guard", critical=True)
+        if call.avatar is not None:
+            log = AvatarEventLog(self.avatars, self.sessions, call.session_id, "rendered-default", self.avatar_cost_per_minute)
+            self._avatar_presence[call.session_id] = (AvatarPresence(call.avatar, call.events, log), log)
+
+    @staticmethod
+    def _on_exhausted(call: Call, usage_type: str) -> bool:
+        """A usage type ran out: the avatar can go and the call lives on; anything else ends it."""
+        if usage_type == AVATAR_USAGE_TYPE and call.avatar is not None:
+            call.stop_avatar("quota_exhausted")
+            return True
+        call.close_soon("quota_exhausted")
+        return False
+
+    async def connected(self, call: Call) -> None:
+        await self.sessions.mark_connected(uuid.UUID(call.session_id))
+
+    async def ended(self, call: Call, reason: str) -> None:
+        avatar = self._avatar_presence.pop(call.session_id, None)
+        if avatar is not None:
+            avatar[0].end()
+        if call.had_media:
+            await self.flusher.call_ended(call, reason, avatar[1].drain if avatar else None)
+        else:
+            await self.sessions.end(uuid.UUID(call.session_id), reason)
