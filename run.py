@@ -7,32 +7,65 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
+from dataclasses import replace
 
 from aiohttp import web
 
 from signaling.access_log import make_runner
+from signaling import keys
 from signaling.app import build_app
 from signaling.auth import TokenAuthority
-from signaling.settings import Settings, UnsafeSettings
+from signaling.drain import NODE_ID_TAKEN, SIGINT, SIGTERM, wait_for_calls
+from signaling.settings import Settings, UnsafeSettings, default_node_id
 from storage.database import open_database
+from storage.node_lock import NodeIdTaken
 
 
 async def serve(settings: Settings) -> None:
+    # Port 0 is bound before anything else, so NODE_ID's default names the port actually listened on.
+    sock = socket.create_server((settings.host, 0)) if settings.port == 0 else None
+    port = sock.getsockname()[1] if sock is not None else settings.port
+    settings = replace(settings, port=port, node_id=os.environ.get("NODE_ID") or default_node_id(port))
     app = build_app(settings)
-    runner = make_runner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    print(f"Serving on http://{settings.host}:{settings.port}", flush=True)
-    stop = asyncio.Event()
+    # SIGTERM drains: no new calls, live ones go on for DRAIN_TIMEOUT_S. A second SIGTERM, or SIGINT, ends all now.
+    # Set before start-up, so a signal while engines load is kept and answered once serving.
+    drain = app[keys.DRAINING]
+    at_once = asyncio.Event()
+
+    def on_sigterm() -> None:
+        if drain.draining:
+            at_once.set()
+        drain.begin(SIGTERM)
+
+    def on_sigint() -> None:
+        drain.begin(SIGINT)
+        at_once.set()
+
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    runner = make_runner(app)
     try:
-        await stop.wait()
+        await runner.setup()  # NodeIdTaken when another live process runs as this NODE_ID
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+        print(f"Serving on http://{settings.host}:{settings.port}", flush=True)
+        await drain.started.wait()
+        calls = app[keys.CALLS]
+        await wait_for_calls(
+            lambda: len(calls), lambda: calls.accounting.flusher.pending_ends, settings.limits.drain_timeout_s, at_once
+        )
     finally:
-        await runner.cleanup()
+        await runner.cleanup()  # ends what is still live with server_shutdown and flushes it
+    if drain.reason == NODE_ID_TAKEN:
+        raise NodeIdTaken(settings.node_id)
 
 
 async def migrate(settings: Settings) -> None:
@@ -74,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     except UnsafeSettings as exc:
         # Unsafe configuration is a refusal, told apart from a runtime failure (1) by its status.
         print(f"refusing to serve: {exc}", file=sys.stderr)
+        return 2
+    except NodeIdTaken as exc:
+        # Also a refusal: starting this one would end the live calls of the process that holds NODE_ID.
+        print(exc, file=sys.stderr)
         return 2
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

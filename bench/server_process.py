@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,5 +37,5 @@ def server_process(**env: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
                 raise RuntimeError(f"server did not start: {line!r}")
             yield line.split()[-1], proc
         finally:
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)  # at once: SIGTERM would let calls still live drain first
             proc.wait(timeout=30)

@@ -96,7 +96,9 @@ class Call:
         hang-up arrived meanwhile; the peer connection is closed by that hang-up.
         """
         async with self._offer_lock:
-            if self.state is not CallState.NEW or self._closing is not None:
+            if self._closing is not None:
+                raise CallEnded("the session was hung up before its offer was answered")
+            if self.state is not CallState.NEW:
                 raise CallStateError(f"the call already has an offer (state: {self.state})")
             check_offer(sdp)
             pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))

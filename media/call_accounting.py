@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from media.avatar_event_log import AvatarEventLog
 from media.avatar_presence import AvatarPresence
-from media.call import Call, CallEnded
+from media.call import Call
 from media.quota_guard import QuotaGuard, QuotaPolicy
 from media.usage_flusher import UsageFlusher
 from storage.avatar_usage import AvatarSessionRepository
@@ -35,14 +35,17 @@ class Accounting:
     call_usage_types: tuple[str, ...]
     _avatar_presence: dict[str, tuple[AvatarPresence, AvatarEventLog]] = field(default_factory=dict)
 
-    async def call_started(self, call: Call) -> None:
-        """The offer was accepted: record it and guard the call's quota, or end the call.
+    async def claim(self, session_id: uuid.UUID) -> bool:
+        """Take the session for a call on this node: False if it is offered elsewhere or ended."""
+        return await self.sessions.mark_connecting(session_id, self.node_id)
 
-        Raises CallEnded if the session ended meanwhile; a database error propagates and the
-        caller ends the call, so no call ever runs without its guard.
-        """
-        if not await self.sessions.mark_connecting(uuid.UUID(call.session_id), self.node_id):
-            raise CallEnded("the session ended before its call started")
+    async def unclaim(self, session_id: uuid.UUID) -> None:
+        """Give back a claim whose offer was refused, so the session can take another offer."""
+        await self.sessions.unclaim(session_id, self.node_id)
+
+    async def call_started(self, call: Call) -> None:
+        """The offer was accepted: guard the call's quota. An error here makes the caller end the call,
+        so no call ever runs without its guard."""
         types = self.call_usage_types + ((AVATAR_USAGE_TYPE,) if call.avatar is not None else ())
         guard = QuotaGuard(
             call.session_id,

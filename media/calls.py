@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from aiortc import RTCIceServer
@@ -38,14 +38,14 @@ class CallRegistry:
     def __init__(
         self,
         *,
-        ice_servers: list[RTCIceServer],
+        ice_servers: Callable[[], list[RTCIceServer]],
         pipeline_factory: PipelineFactory,
         avatar_factory: Callable[[], AvatarVideoTrack] | None,
         limits: CallLimits,
         max_calls: int,
         accounting: Callable[[CallRegistry], Accounting],
     ) -> None:
-        self._ice_servers = ice_servers
+        self._ice_servers = ice_servers  # called per call: TURN credentials expire, so each call gets fresh ones
         self.pipeline_factory = pipeline_factory  # public: tests swap in a faulty pipeline
         self._avatar_factory = avatar_factory
         self.limits = limits
@@ -54,6 +54,8 @@ class CallRegistry:
         self._calls: dict[str, Call] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()
         self.accounting = accounting(self)
+        # Told when this node has claimed a session for its call (the cluster tells the other nodes).
+        self.on_claimed: Callable[[uuid.UUID], Awaitable[None]] | None = None
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -79,8 +81,8 @@ class CallRegistry:
         key = str(session_id)
         lobby = self._lobbies.get(key)
         if lobby is None:
-            lobby = SessionLobby(key, user_id, CandidateBudget(self.limits.max_candidates))
-            lobby.expire_at(expires_at.timestamp(), self._lobby_expired)
+            lobby = SessionLobby(key, user_id, expires_at, CandidateBudget(self.limits.max_candidates))
+            lobby.expire_with(self._lobby_expired)
             self._lobbies[key] = lobby
         return lobby
 
@@ -113,17 +115,27 @@ class CallRegistry:
             call.candidate_budget.take()
             await call.add_ice_candidate(parsed)
             return
-        lobby = self._lobby(session_id, user_id, expires_at)
-        lobby.budget.take()
-        lobby.candidates.append(parsed)
+        self._lobby(session_id, user_id, expires_at).add(init, parsed)
+
+    def hand_over_lobby(self, session_id: uuid.UUID) -> SessionLobby | None:
+        """The session's call is on another node: what waited here leaves the registry to follow it."""
+        key = str(session_id)
+        if key in self._calls:
+            return None
+        lobby = self._lobbies.pop(key, None)
+        if lobby is not None:
+            lobby.stop_expiry()
+        return lobby
 
     # -- the call ----------------------------------------------------------------------------
 
     async def start_call(self, session_id: uuid.UUID, user_id: str, expires_at: datetime, sdp: str) -> str:
-        """Make the session's call from its offer; returns the answer.
+        """Claim the session for this node, then make its call from the offer; returns the answer.
 
-        Raises InvalidOffer (the session can take another offer), CallStateError (a call exists, or
-        a hang-up won: CallEnded), AtCapacity, or a storage error (the call is ended first).
+        Claiming is one atomic statement in the shared database, so a session is offered once in
+        the whole cluster. Raises InvalidOffer (the claim is given back: the session can take another
+        offer), CallStateError (a call exists anywhere, or a hang-up won: CallEnded), AtCapacity,
+        or a storage error (no call is left running).
         """
         key = str(session_id)
         if key in self._ended:
@@ -135,7 +147,7 @@ class CallRegistry:
         lobby = self._lobby(session_id, user_id, expires_at)
         call = Call(
             lobby,
-            ice_servers=self._ice_servers,
+            ice_servers=self._ice_servers(),
             pipeline_factory=self.pipeline_factory,
             avatar_factory=self._avatar_factory,
             limits=self.limits,
@@ -144,15 +156,22 @@ class CallRegistry:
         )
         self._calls[key] = call
         try:
+            claimed = await self.accounting.claim(session_id)
+        except BaseException:
+            await self._abandon(call)
+            raise
+        if not claimed:
+            await self._abandon(call)
+            raise CallStateError("the session is already offered (or ended)")
+        try:
             answer = await call.accept_offer(sdp)
         except CallEnded:
             await call.close("hangup")  # the hang-up's own close; it records the end
             raise
         except BaseException:
-            # A refused offer costs this attempt only: the lobby and its candidates stay.
-            await call.abandon()
-            if self._calls.get(key) is call:
-                del self._calls[key]
+            # A refused offer costs this attempt only: the claim, the lobby and its candidates stay.
+            await self._abandon(call)
+            await self.accounting.unclaim(session_id)
             raise
         # The call has taken over the lobby's subscribers, candidates and budget.
         if self._lobbies.get(key) is lobby:
@@ -160,10 +179,20 @@ class CallRegistry:
             lobby.close(None)
         try:
             await self.accounting.call_started(call)
-        except BaseException as exc:
-            await call.close("session_ended" if isinstance(exc, CallEnded) else "start_failed")
+        except BaseException:
+            await call.close("start_failed")
             raise
+        if self.on_claimed is not None:
+            try:
+                await self.on_claimed(session_id)
+            except Exception:  # other nodes miss a hand-over; the call itself is fine
+                log.warning("announcing the claim of %s failed", key, exc_info=True)
         return answer
+
+    async def _abandon(self, call: Call) -> None:
+        await call.abandon()
+        if self._calls.get(call.session_id) is call:
+            del self._calls[call.session_id]
 
     async def _connected(self, call: Call, _: str) -> None:
         await self.accounting.connected(call)

@@ -28,8 +28,16 @@ class EventBus:
 
         return unsubscribe
 
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._sinks)
+
     def publish(self, event_type: str, **data: Any) -> None:
-        event: Event = {"type": event_type, "ts": round(time.time(), 3), **data}
+        self.deliver({"type": event_type, "ts": round(time.time(), 3), **data})
+
+    def deliver(self, event: Event) -> None:
+        """Fan out an event made elsewhere (relayed from the node that holds the call)."""
+        event_type = event.get("type")
         for sink in list(self._sinks):
             try:
                 sink(event)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from media.call_usage import MeterSample
-from storage.nodes import NodeRepository
 from storage.quotas import QuotaRepository
 from storage.sessions import SessionRepository
 from storage.usage import MeterReading, UsageRepository
@@ -55,16 +54,12 @@ class UsageFlusher:
         usage: UsageRepository,
         sessions: SessionRepository,
         quotas: QuotaRepository,
-        nodes: NodeRepository,
-        node_id: str,
         interval_s: float = FLUSH_INTERVAL_S,
     ) -> None:
         self._live_calls = live_calls
         self._usage = usage
         self._sessions = sessions
         self._quotas = quotas
-        self._nodes = nodes
-        self._node_id = node_id
         self._interval_s = interval_s
         self._ended: dict[str, _EndedCall] = {}
         self._lock = asyncio.Lock()  # one flush at a time: the loop and a call's end may race
@@ -98,7 +93,6 @@ class UsageFlusher:
                 readings.extend(readings_of(session_id, end.user_id, end.final))
             try:
                 await self._usage.flush(readings)
-                await self._nodes.heartbeat(self._node_id)
                 for session_id, end in ended.items():
                     # Totals first, then the end, then the unused quota back: each step is idempotent.
                     await self._sessions.end(uuid.UUID(session_id), end.reason)

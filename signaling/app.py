@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiortc import RTCIceServer
@@ -20,16 +21,20 @@ from media.turn_detector import TurnConfig
 from media.usage_flusher import UsageFlusher
 from signaling import events_ws, keys  # noqa: F401  (registers its route on sessions_api.routes)
 from signaling.auth import TokenAuthority
+from signaling.cluster import Cluster
+from signaling.drain import NODE_ID_TAKEN, Drain
 from signaling.errors import error_middleware
 from signaling.pages import STATIC_DIR, dev_routes
 from signaling.pages import routes as page_routes
 from signaling.rate_limit import rate_limit
 from signaling.security_headers import add_security_headers
 from signaling.sessions_api import routes as session_routes
+from signaling.node_liveness import NodeLiveness
 from signaling.settings import Settings
 from signaling.usage_api import routes as usage_routes
 from storage.avatar_usage import AvatarSessionRepository
 from storage.database import open_database
+from storage.node_lock import NodeLock
 from storage.nodes import NodeRepository
 from storage.quotas import QuotaRepository
 from storage.sessions import SessionRepository
@@ -53,6 +58,16 @@ def rtc_ice_servers(raw: list[dict[str, object]]) -> list[RTCIceServer]:
     return servers
 
 
+def call_ice_servers(settings: Settings) -> Callable[[], list[RTCIceServer]]:
+    """The ICE servers of each call's own peer connection, checked here once; TURN credentials minted per call."""
+    static = rtc_ice_servers(settings.ice_servers)
+    turn = settings.turn
+    if turn is None:
+        return lambda: list(static)
+    # TURN first: aiortc uses only the first TURN URL it can, and ours is the one meant for it.
+    return lambda: [*rtc_ice_servers([turn.server_credentials(settings.node_id, time.time())]), *static]
+
+
 def build_app(settings: Settings) -> web.Application:
     check_aiortc()  # before anything starts: an aiortc without what we reach into must not serve
     # The first middleware is the outermost: the rate limiter's 429 passes out through error_middleware.
@@ -64,6 +79,7 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.TOKENS] = TokenAuthority(settings.resolve_jwt_secret(), settings.jwt_audience, settings.jwt_issuer)
     app[keys.WEBSOCKETS] = weakref.WeakSet()
     app[keys.SESSION_SOCKETS] = Counter()
+    app[keys.DRAINING] = Drain()
     app.add_routes(page_routes)
     app.add_routes(session_routes)
     app.add_routes(usage_routes)
@@ -83,13 +99,17 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
     app[keys.DB] = db
     app[keys.USERS] = UserRepository(db.pool)
     app[keys.SESSIONS] = SessionRepository(db.pool)
+    node_lock = NodeLock(db.url, settings.node_id)
     try:
+        # Before anything acts as this node: a second live process with this NODE_ID stops here.
+        await node_lock.acquire()
         pipelines = await start_pipelines(
             settings.pipeline,
             settings.engines,
             TurnConfig(end_of_turn_silence_ms=settings.end_of_turn_ms, max_turn_ms=settings.limits.max_turn_seconds * 1000),
         )
     except BaseException:
+        await node_lock.release()
         await db.close()
         raise
     app[keys.USAGE] = UsageRepository(db.pool)
@@ -97,9 +117,7 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
     app[keys.NODES] = NodeRepository(db.pool)
 
     def accounting(registry: CallRegistry) -> Accounting:
-        flusher = UsageFlusher(
-            registry.live_calls, app[keys.USAGE], app[keys.SESSIONS], app[keys.QUOTAS], app[keys.NODES], settings.node_id
-        )
+        flusher = UsageFlusher(registry.live_calls, app[keys.USAGE], app[keys.SESSIONS], app[keys.QUOTAS])
         policy = QuotaPolicy(chunk_us=round(settings.quota_chunk_seconds * 1_000_000))
         return Accounting(
             flusher,
@@ -114,7 +132,7 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
         )
 
     calls = CallRegistry(
-        ice_servers=rtc_ice_servers(settings.ice_servers),
+        ice_servers=call_ice_servers(settings),
         pipeline_factory=pipelines.factory,
         avatar_factory=pipelines.avatar_factory,
         limits=settings.limits.call,
@@ -122,12 +140,27 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
         accounting=accounting,
     )
     app[keys.CALLS] = calls
+    cluster = app[keys.CLUSTER] = Cluster(app, settings.node_id, settings.node_stale_seconds)
+    try:
+        await cluster.start(db.url)
+    except BaseException:
+        await pipelines.aclose()
+        await node_lock.release()
+        await db.close()
+        raise
+    calls.on_claimed = cluster.announce_claim
     # Calls this node owned before a crash cannot be live now: end them from their last flushed totals.
     await app[keys.NODES].end_sessions_of(settings.node_id, "node_restarted")
-    await app[keys.NODES].heartbeat(settings.node_id)
+    liveness = NodeLiveness(
+        app[keys.NODES], node_lock, settings.node_id, settings.node_stale_seconds,
+        on_lost=lambda: app[keys.DRAINING].begin(NODE_ID_TAKEN),
+    )
+    app[keys.NODE_LIVENESS] = liveness
+    await liveness.beat()
     background = [
         asyncio.ensure_future(calls.accounting.flusher.run()),
-        asyncio.ensure_future(_janitor(app[keys.SESSIONS], app[keys.NODES], settings.node_stale_seconds)),
+        asyncio.ensure_future(liveness.run()),
+        asyncio.ensure_future(_janitor(app[keys.SESSIONS], liveness)),
     ]
     try:
         yield
@@ -137,7 +170,9 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(*background, return_exceptions=True)
         await calls.close_all("server_shutdown")
         await calls.accounting.flusher.flush()
+        await cluster.close()
         await pipelines.aclose()
+        await node_lock.release()
         await db.close()
 
 
@@ -145,13 +180,15 @@ async def _end_calls(app: web.Application) -> None:
     await app[keys.CALLS].close_all("server_shutdown")
 
 
-async def _janitor(sessions: SessionRepository, nodes: NodeRepository, node_stale_s: float) -> None:
+async def _janitor(sessions: SessionRepository, liveness: NodeLiveness) -> None:
     """Sessions never offered expire; calls of nodes that stopped heartbeating end."""
     while True:
-        await asyncio.sleep(min(_JANITOR_INTERVAL_S, node_stale_s / 3))
+        await asyncio.sleep(min(_JANITOR_INTERVAL_S, liveness.interval_s))
         try:
             await sessions.end_expired_unused()
-            await nodes.reap_dead(node_stale_s)
+            # Only a node that has itself reached the database for a whole stale period can tell a
+            # silent node from an outage that silenced every node (node_liveness.py).
+            await liveness.reap_dead()
         except Exception:  # the database may be away for a while; try again next round
             log.warning("janitor round failed", exc_info=True)
 

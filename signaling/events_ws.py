@@ -14,7 +14,7 @@ from media.calls import CallRegistry
 from media.events import Event
 from signaling import keys
 from signaling.errors import ApiError
-from signaling.sessions_api import load_session, routes
+from signaling.sessions_api import load_session, owner_elsewhere, routes, session_ref
 from storage.sessions import SessionRecord
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,14 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, user_id: str, 
             backlog.get_nowait()
         backlog.put_nowait(event)
 
-    state, unsubscribe = registry.subscribe(record.id, user_id, record.expires_at, deliver)
+    owner = owner_elsewhere(request, record)
+    if owner is not None:
+        # The call is on another node: its events come from there, its current state first.
+        unsubscribe = await request.app[keys.CLUSTER].subscribe_remote(owner, session_ref(record), deliver)
+    else:
+        state, unsubscribe = registry.subscribe(record.id, user_id, record.expires_at, deliver)
+        deliver({"type": "state", "ts": round(time.time(), 3), "state": state})
     request.app[keys.WEBSOCKETS].add(ws)
-    deliver({"type": "state", "ts": round(time.time(), 3), "state": state})
     writer = asyncio.ensure_future(_write_events(ws, backlog))
     # A client may send a few messages a second (pings); a flood closes its socket.
     per_second = request.app[keys.SETTINGS].limits.max_ws_messages_per_second

@@ -8,8 +8,11 @@ from collections import Counter
 from aiohttp import web
 
 from media.calls import CallRegistry
+from signaling.cluster import Cluster
 from signaling.auth import TOKENS
+from signaling.drain import Drain
 from signaling.errors import MAX_BODY_BYTES
+from signaling.node_liveness import NodeLiveness
 from signaling.settings import Settings
 from storage.database import Database
 from storage.nodes import NodeRepository
@@ -19,6 +22,7 @@ from storage.usage import UsageRepository
 from storage.users import UserRepository
 
 SETTINGS = web.AppKey("settings", Settings)
+CLUSTER = web.AppKey("cluster", Cluster)
 DB = web.AppKey("db", Database)
 USERS = web.AppKey("users", UserRepository)
 SESSIONS = web.AppKey("sessions", SessionRepository)
@@ -27,8 +31,10 @@ USAGE = web.AppKey("usage", UsageRepository)
 QUOTAS = web.AppKey("quotas", QuotaRepository)
 NODES = web.AppKey("nodes", NodeRepository)
 __all__ = [
-    "CALLS", "DB", "MAX_BODY_BYTES", "NODES", "QUOTAS", "SESSIONS", "SESSION_SOCKETS", "SETTINGS", "TOKENS", "USAGE", "USERS", "WEBSOCKETS",
+    "CALLS", "CLUSTER", "DB", "DRAINING", "MAX_BODY_BYTES", "NODES", "NODE_LIVENESS", "QUOTAS", "SESSIONS", "SESSION_SOCKETS", "SETTINGS", "TOKENS", "USAGE", "USERS", "WEBSOCKETS",
 ]
 
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)
 SESSION_SOCKETS = web.AppKey("session_sockets", Counter)  # open event sockets per session id
+DRAINING = web.AppKey("draining", Drain)  # SIGTERM or a lost NODE_ID: no new calls here (signaling/drain.py)
+NODE_LIVENESS = web.AppKey("node_liveness", NodeLiveness)  # heartbeat, NODE_ID lock; reap only through it

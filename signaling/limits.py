@@ -1,4 +1,4 @@
-"""Every limit the server enforces, read from the environment; 0 means unlimited for each."""
+"""Every limit the server enforces, read from the environment; 0 means unlimited for each but DRAIN_TIMEOUT_S."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class Limits:
     max_ws_messages_per_second: int = 20  # bursts of twice this
     max_message_chars: int = 4000  # a typed chat turn
     max_turn_seconds: float = 30.0  # a user turn is cut (and transcribed) after this much speech
+    drain_timeout_s: float = 300.0  # after SIGTERM, how long live calls may go on; unlike the rest, 0 = no wait
     call: CallLimits = field(default_factory=CallLimits)
 
     @classmethod
@@ -37,6 +38,7 @@ class Limits:
             max_ws_messages_per_second=_int(environ, "MAX_WS_MESSAGES_PER_SECOND", d.max_ws_messages_per_second),
             max_message_chars=_int(environ, "MAX_MESSAGE_CHARS", d.max_message_chars),
             max_turn_seconds=_seconds(environ, "MAX_TURN_SECONDS", d.max_turn_seconds),
+            drain_timeout_s=_seconds(environ, "DRAIN_TIMEOUT_S", d.drain_timeout_s, zero="no wait"),
             call=CallLimits(
                 connect_timeout_s=_seconds(environ, "CONNECT_TIMEOUT_S", c.connect_timeout_s),
                 media_timeout_s=_seconds(environ, "MEDIA_TIMEOUT_S", c.media_timeout_s),
@@ -65,14 +67,14 @@ def _int(environ: Mapping[str, str], key: str, default: int) -> int:
     return value
 
 
-def _seconds(environ: Mapping[str, str], key: str, default: float) -> float:
+def _seconds(environ: Mapping[str, str], key: str, default: float, *, zero: str = "unlimited") -> float:
     raw = _raw(environ, key)
     if raw is None:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{key} must be a number of seconds >= 0 (0 = unlimited), got {raw!r}") from None
+        raise ValueError(f"{key} must be a number of seconds >= 0 (0 = {zero}), got {raw!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{key} must be a number of seconds >= 0 (0 = unlimited), got {raw!r}")
+        raise ValueError(f"{key} must be a number of seconds >= 0 (0 = {zero}), got {raw!r}")
     return value

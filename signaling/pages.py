@@ -22,6 +22,8 @@ async def healthz(_: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
+    if request.app[keys.DRAINING].draining:  # first, and without the database: a balancer must see it at once
+        return web.json_response({"error": {"code": "draining", "message": "this server is shutting down"}}, status=503)
     if await request.app[keys.DB].ping():
         return web.json_response({"status": "ready"})
     return web.json_response({"error": {"code": "not_ready", "message": "the database does not answer"}}, status=503)

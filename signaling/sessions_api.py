@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timezone
+from typing import Any
 
 from aiohttp import web
 
 from media.call import CallEnded, CallStateError
 from media.calls import AtCapacity, CallRegistry
-from media.ice_candidates import IceCandidateInit, InvalidCandidate
-from media.pipeline import TextNotSupported
 from media.sdp_check import InvalidOffer
-from media.session_lobby import TooManyCandidates
 from signaling import keys
 from signaling.auth import Principal, principal_of
+from signaling.cluster import MESSAGE_TIMEOUT_S, REQUEST_TIMEOUT_S
 from signaling.errors import ApiError, read_json
+from signaling.session_ops import OpResult, SessionRef, run_local
+from signaling.turn import session_ice_servers
 from storage.sessions import SessionRateLimited, SessionRecord, SessionRepository, TooManyOpenSessions
 
 routes = web.RouteTableDef()
@@ -42,7 +44,7 @@ def _require_open(request: web.Request, record: SessionRecord) -> None:
     if record.status == "ended":
         raise ApiError(409, "session_ended", f"the session has ended ({record.end_reason})")
     registry: CallRegistry = request.app[keys.CALLS]
-    if record.status != "created" and registry.get(record.id) is None:
+    if record.status != "created" and owner_elsewhere(request, record) is None and registry.get(record.id) is None:
         raise ApiError(409, "session_not_live", "the session's call is not live on this server")
     if record.status == "created" and record.expires_at < datetime.now(timezone.utc):
         raise ApiError(409, "session_expired", "the session expired before its offer arrived")
@@ -50,6 +52,7 @@ def _require_open(request: web.Request, record: SessionRecord) -> None:
 
 @routes.post("/api/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
+    request.app[keys.DRAINING].refuse_new_call()  # 503 draining
     principal = principal_of(request)
     await read_json(request, allow_empty=True)
     await request.app[keys.USERS].ensure(principal.user_id)
@@ -77,7 +80,7 @@ async def create_session(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "session_id": str(record.id),
-            "ice_servers": request.app[keys.SETTINGS].ice_servers,
+            "ice_servers": session_ice_servers(settings.ice_servers, settings.turn, principal.user_id, time.time()),
             "expires_at": record.expires_at.isoformat(),
         },
         status=201,
@@ -86,6 +89,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/sessions/{session_id}/offer")
 async def post_offer(request: web.Request) -> web.Response:
+    request.app[keys.DRAINING].refuse_new_call()  # 503 draining
     principal, record = await load_session(request)
     body = await read_json(request)
     sdp, kind = body.get("sdp"), body.get("type", "offer")
@@ -110,7 +114,7 @@ async def post_offer(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/sessions/{session_id}/ice")
 async def post_ice(request: web.Request) -> web.Response:
-    principal, record = await load_session(request)
+    _, record = await load_session(request)
     body = await read_json(request)
     candidate = body.get("candidate")
     sdp_mid = body.get("sdpMid")
@@ -122,18 +126,8 @@ async def post_ice(request: web.Request) -> web.Response:
     if sdp_mline_index is not None and (not isinstance(sdp_mline_index, int) or isinstance(sdp_mline_index, bool)):
         raise ApiError(400, "invalid_candidate", "`sdpMLineIndex` must be an integer or null")
     _require_open(request, record)
-    registry: CallRegistry = request.app[keys.CALLS]
-    try:
-        await registry.add_candidate(
-            record.id, principal.user_id, record.expires_at, IceCandidateInit(candidate, sdp_mid, sdp_mline_index)
-        )
-    except InvalidCandidate as exc:
-        raise ApiError(400, "invalid_candidate", str(exc)) from exc
-    except TooManyCandidates as exc:
-        raise ApiError(429, "too_many_candidates", str(exc)) from exc
-    except CallStateError as exc:
-        raise ApiError(409, "session_ended", str(exc)) from exc
-    return web.Response(status=204)
+    args = {"candidate": candidate, "sdpMid": sdp_mid, "sdpMLineIndex": sdp_mline_index}
+    return op_response(await run_op(request, record, "ice", args))
 
 
 @routes.post("/api/v1/sessions/{session_id}/messages")
@@ -148,31 +142,46 @@ async def post_message(request: web.Request) -> web.Response:
     if max_chars and len(text) > max_chars:
         raise ApiError(400, "invalid_text", f"`text` is longer than {max_chars} characters")
     _require_open(request, record)
-    call = request.app[keys.CALLS].get(record.id)
-    if call is None:
-        raise ApiError(409, "invalid_state", "the call has not been offered yet")
-    try:
-        reply = await call.send_text(text.strip())
-    except CallStateError as exc:
-        raise ApiError(409, "invalid_state", str(exc)) from exc
-    except TextNotSupported as exc:
-        raise ApiError(409, "text_not_supported", str(exc)) from exc
-    return web.json_response({"text": text.strip(), "reply": reply})
+    return op_response(await run_op(request, record, "message", {"text": text.strip()}, timeout=MESSAGE_TIMEOUT_S))
 
 
 @routes.get("/api/v1/sessions/{session_id}")
 async def get_session(request: web.Request) -> web.Response:
     _, record = await load_session(request)
     body = record.to_json()
-    call = request.app[keys.CALLS].get(record.id)
-    body["call_state"] = call.state if call is not None else ("ended" if record.status == "ended" else "new")
+    status, state = await run_op(request, record, "state", {})
+    live = (state or {}).get("call_state") if status == 200 else None
+    body["call_state"] = live if live is not None else ("ended" if record.status == "ended" else "new")
     return web.json_response(body)
 
 
 @routes.delete("/api/v1/sessions/{session_id}")
 async def delete_session(request: web.Request) -> web.Response:
     _, record = await load_session(request)
-    registry: CallRegistry = request.app[keys.CALLS]
-    if not await registry.hang_up(record.id, "hangup"):
-        await request.app[keys.SESSIONS].end(record.id, "hangup")
-    return web.json_response({"status": "ended"})
+    return op_response(await run_op(request, record, "hangup", {}))
+
+
+def owner_elsewhere(request: web.Request, record: SessionRecord) -> str | None:
+    """The node that holds the session's call, when that is another node."""
+    if record.status in ("connecting", "connected") and record.node_id and record.node_id != request.app[keys.SETTINGS].node_id:
+        return record.node_id
+    return None
+
+
+def session_ref(record: SessionRecord) -> SessionRef:
+    return SessionRef(record.id, record.user_id, record.expires_at)
+
+
+async def run_op(
+    request: web.Request, record: SessionRecord, op: str, args: dict[str, Any], *, timeout: float = REQUEST_TIMEOUT_S
+) -> OpResult:
+    """The operation on the session's call, here or on the node that holds it: the same answer either way."""
+    owner = owner_elsewhere(request, record)
+    if owner is not None:
+        return await request.app[keys.CLUSTER].request(owner, op, session_ref(record), args, timeout=timeout)
+    return await run_local(request.app, op, session_ref(record), args)
+
+
+def op_response(result: OpResult) -> web.Response:
+    status, body = result
+    return web.Response(status=status) if body is None else web.json_response(body, status=status)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent_bridge.config import EngineConfig
 from signaling.limits import Limits
+from signaling.turn import TurnConfig
 
 MIN_JWT_SECRET_BYTES = 32  # HS256 with a shorter secret can be brute-forced offline from one token
 
@@ -39,6 +40,11 @@ def _flag(value: str | None, default: bool = False) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def default_node_id(port: int) -> str:
+    """host:port of the port actually listened on: two processes on one host differ, a restart is the same node."""
+    return f"{socket.gethostname()}:{port}"
+
+
 def _body_limit(raw: str | None, default: int) -> int:
     if raw is None or not raw.strip():
         return default
@@ -60,6 +66,7 @@ class Settings:
     jwt_audience: str = "authenticated"
     jwt_issuer: str | None = None  # when set, every token's `iss` must equal it
     ice_servers: list[dict[str, object]] = field(default_factory=list)
+    turn: TurnConfig | None = None  # TURN_URLS, TURN_SECRET, TURN_TTL_S: short-lived credentials per session and call
     session_ttl_seconds: int = 300
     max_body_bytes: int = 64 * 1024
     # Stable across restarts on one host and port, so a restarted node ends the calls it owned.
@@ -88,7 +95,7 @@ class Settings:
         return cls(
             host=host,
             port=port,
-            node_id=environ.get("NODE_ID") or f"{socket.gethostname()}:{port}",
+            node_id=environ.get("NODE_ID") or default_node_id(port),  # run.py names the port it bound
             quota_chunk_seconds=float(environ.get("QUOTA_CHUNK_SECONDS", defaults.quota_chunk_seconds)),
             avatar_cost_per_minute=Decimal(environ.get("AVATAR_COST_PER_MINUTE", str(defaults.avatar_cost_per_minute))),
             node_stale_seconds=float(environ.get("NODE_STALE_SECONDS", defaults.node_stale_seconds)),
@@ -100,6 +107,7 @@ class Settings:
             jwt_secret=environ.get("JWT_SECRET") or None,
             jwt_issuer=environ.get("JWT_ISSUER") or None,
             ice_servers=ice_servers,
+            turn=TurnConfig.from_env(environ),
             session_ttl_seconds=int(environ.get("SESSION_TTL_SECONDS", defaults.session_ttl_seconds)),
             max_body_bytes=_body_limit(environ.get("MAX_BODY_BYTES"), defaults.max_body_bytes),
             pipeline=environ.get("PIPELINE", defaults.pipeline),

@@ -10,7 +10,7 @@ from media.call_usage import MeterSample, usage_summary
 from signaling import keys
 from signaling.auth import principal_of
 from signaling.errors import ApiError, read_json
-from signaling.sessions_api import load_session
+from signaling.sessions_api import load_session, run_op
 from storage.usage import TIME_USAGE_TYPES, USAGE_TYPES
 
 routes = web.RouteTableDef()
@@ -42,12 +42,11 @@ def _stored_limit(usage_type: str, value: object) -> int:
 @routes.get("/api/v1/sessions/{session_id}/usage")
 async def session_usage(request: web.Request) -> web.Response:
     _, record = await load_session(request)
-    call = request.app[keys.CALLS].get(record.id)
-    if call is not None and call.state != "new":
-        samples = call.usage_snapshot()
-    else:
-        rows = await request.app[keys.USAGE].session_meters(record.id)
-        samples = [MeterSample(r.meter, r.kind, r.direction, r.usage_type, r.amount) for r in rows]
+    status, live = await run_op(request, record, "usage", {})
+    if status == 200 and live is not None:
+        return web.json_response({"session_id": str(record.id), **live})
+    rows = await request.app[keys.USAGE].session_meters(record.id)
+    samples = [MeterSample(r.meter, r.kind, r.direction, r.usage_type, r.amount) for r in rows]
     return web.json_response({"session_id": str(record.id), **usage_summary(samples)})
 
 

@@ -150,7 +150,10 @@ async function connect() {
     });
     micContext = meterLoop(localStream, ui.micLevel);
 
-    const pc = new RTCPeerConnection({ iceServers: session.ice_servers });
+    // `?relay=1` sends all media through the session's TURN servers (iceTransportPolicy "relay"): it shows
+    // TURN works from this network, and the tests use it to prove the relay path.
+    const relayOnly = new URLSearchParams(location.search).get("relay") === "1";
+    const pc = new RTCPeerConnection({ iceServers: session.ice_servers, iceTransportPolicy: relayOnly ? "relay" : "all" });
     window.voiceCall.pc = pc;
     for (const track of localStream.getAudioTracks()) pc.addTrack(track, localStream);
     // The avatar: video only comes our way.

@@ -41,6 +41,15 @@ class NodeRepository:
             node_id,
         )
 
+    async def is_stale(self, node_id: str, stale_after_s: float) -> bool:
+        """Whether the node's heartbeat is older than stale_after_s (an unknown node is stale)."""
+        fresh = await self._pool.fetchval(
+            "select heartbeat_at >= now() - make_interval(secs => $2) from nodes where node_id = $1",
+            node_id,
+            float(stale_after_s),
+        )
+        return not fresh
+
     async def end_sessions_of(self, node_id: str, reason: str) -> list[uuid.UUID]:
         """A node starting again ends the calls its previous run owned; returns the sessions ended."""
         return await self._end(_END_SQL.format(nodes="$2"), reason, node_id)

@@ -124,6 +124,14 @@ class SessionRepository:
         )
         return result.endswith(" 1")
 
+    async def unclaim(self, session_id: uuid.UUID, node_id: str) -> None:
+        """Back to created, if this node's claim is still all there is (its offer was refused)."""
+        await self._pool.execute(
+            "update user_sessions set status = 'created' where id = $1 and node_id = $2 and status = 'connecting'",
+            session_id,
+            node_id,
+        )
+
     async def mark_connected(self, session_id: uuid.UUID) -> None:
         await self._pool.execute(
             """
