@@ -24,15 +24,17 @@ def chromium_path() -> str | None:
     return None
 
 
-def require_chromium() -> str:
-    """The browser, or a skip that says why; on CI a missing browser is a failure."""
-    path = chromium_path()
+def require_tool(path: str | None, message: str) -> str:
+    """The tool's path, or a skip that says why; on CI (CI=true) a missing tool is a failure."""
     if path is None:
-        message = "Chromium is not installed (apt-get install chromium); browser tests need it"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def require_chromium() -> str:
+    return require_tool(chromium_path(), "Chromium is not installed (apt-get install chromium); browser tests need it")
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:

@@ -8,7 +8,6 @@ the server and come back is through coturn.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import secrets
 import shutil
@@ -32,7 +31,7 @@ from signaling.app import call_ice_servers
 from signaling.settings import Settings
 from signaling.turn import TurnConfig, session_ice_servers, turn_user_name
 from storage.database import Database
-from tests.browser import chromium_args, require_chromium, write_wav
+from tests.browser import chromium_args, require_chromium, require_tool, write_wav
 from tests.conftest import RunningServer, free_port, server_settings, start_server
 
 REALM = "voice.test"
@@ -132,13 +131,7 @@ class Coturn:
 
 
 def _require_coturn() -> str:
-    path = shutil.which("turnserver")
-    if path is None:
-        message = "coturn is not installed (apt-get install coturn); the TURN tests need its turnserver"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_tool(shutil.which("turnserver"), "coturn is not installed (apt-get install coturn); the TURN tests need its turnserver")
 
 
 def _answers_stun(port: int) -> bool:
