@@ -21,7 +21,7 @@ $(STAMP_TEST): pyproject.toml | $(PY)
 	touch $@ $(STAMP_RUN)
 
 run: $(STAMP_RUN)
-	DEV_MODE=$${DEV_MODE:-1} exec $(PY) run.py
+	DEV_MODE=$${DEV_MODE:-1} MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-1} exec $(PY) run.py
 
 test: $(STAMP_TEST)
 	$(PY) -m pytest -ra $(PYTEST_ARGS)

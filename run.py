@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 import socket
 import sys
 from dataclasses import replace
@@ -44,6 +45,8 @@ async def serve(settings: Settings) -> None:
         at_once.set()
 
     loop = asyncio.get_running_loop()
+    # A fixed pool for what aiortc and the engines hand to the default executor (video frames, ADC).
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="asyncio"))
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     runner = make_runner(app)

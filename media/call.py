@@ -16,7 +16,7 @@ from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConne
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
-from media.aiortc_internals import tap_inbound_rtp
+from media.aiortc_internals import release_transports, tap_inbound_rtp
 from media.avatar_track import AvatarVideoTrack
 from media.call_limits import CallLimits
 from media.call_state import CallState, checked_transition, is_live
@@ -291,6 +291,7 @@ class Call:
                 self.avatar.stop()
             if self._pc is not None:
                 await self._pc.close()
+                release_transports(self._pc)
             self.usage.connected.stop()
             self._set_state(CallState.ENDED, announce=announce, reason=reason)
         if announce:

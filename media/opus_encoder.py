@@ -28,7 +28,12 @@ class InlineOpusEncoder:
         codec.sample_rate = _RATE
         codec.time_base = _TIME_BASE
         codec.options = {"application": "voip"}
-        self._codec = codec
+        # libopus encodes on the caller's thread. PyAV's default asks FFmpeg for one thread per CPU
+        # (thread_count 0) from codecs that can thread: say 1, so no build ever gives each call's
+        # encoder a pool of its own.
+        codec.thread_count = 1
+        codec.thread_type = "NONE"
+        self._codec: av.AudioCodecContext | None = codec
 
     def encode(self, samples: np.ndarray, pts: int) -> av.Packet:
         """One 20 ms frame (960 int16 samples) -> one Opus packet stamped `pts` (in 1/48000 s)."""
@@ -36,6 +41,8 @@ class InlineOpusEncoder:
         frame.sample_rate = _RATE
         frame.pts = pts
         frame.time_base = _TIME_BASE
+        if self._codec is None:
+            raise RuntimeError("the encoder is closed")
         packets = self._codec.encode(frame)
         if len(packets) != 1:
             raise RuntimeError(f"libopus returned {len(packets)} packets for one 20 ms frame")
@@ -44,3 +51,7 @@ class InlineOpusEncoder:
         packet.pts = pts
         packet.time_base = _TIME_BASE
         return packet
+
+    def close(self) -> None:
+        """Free libopus's state now (end of call), not whenever the call's objects are collected."""
+        self._codec = None

@@ -31,7 +31,7 @@ class PacedAudioTrack(MediaStreamTrack):
         self.queue = SampleQueue()
         # Told of every frame's samples as it is sent (the avatar's mouth follows them).
         self.sent_listeners: list[Callable[[np.ndarray], None]] = []
-        self._encoder = InlineOpusEncoder()
+        self._encoder: InlineOpusEncoder | None = InlineOpusEncoder()
         self.frames_sent = 0
         self.audio_samples_sent = 0  # samples of real (queued) audio among those sent
         self._pacer = FramePacer(FRAME_MS / 1000)
@@ -63,14 +63,24 @@ class PacedAudioTrack(MediaStreamTrack):
     def queued_samples(self) -> int:
         return len(self.queue)
 
+    def stop(self) -> None:
+        """End the track and free its encoder at once (end of call), not at the next collection."""
+        super().stop()
+        if self._encoder is not None:
+            self._encoder.close()
+            self._encoder = None
+
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         await self._pacer.wait_for(self.frames_sent)
         if self.readyState != "live":
             raise MediaStreamError
+        encoder = self._encoder
+        if encoder is None:
+            raise MediaStreamError
         samples, real = self.queue.pop(FRAME_SAMPLES)
-        packet = self._encoder.encode(samples, self.frames_sent * FRAME_SAMPLES)
+        packet = encoder.encode(samples, self.frames_sent * FRAME_SAMPLES)
         for listener in self.sent_listeners:
             listener(samples)
         self.frames_sent += 1

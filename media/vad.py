@@ -36,7 +36,9 @@ def load_session() -> onnxruntime.InferenceSession:
             if _session is None:
                 opts = onnxruntime.SessionOptions()
                 # One window is ~50 us of work: extra threads only add wake-up latency and
-                # contend with the event loop and other calls.
+                # contend with the event loop and other calls. 1 and 1 means ONNX Runtime makes
+                # no pool thread at all: every call's windows run on the event loop's thread, in
+                # this one process-wide session (never one per call).
                 opts.intra_op_num_threads = 1
                 opts.inter_op_num_threads = 1
                 opts.log_severity_level = 3
