@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agent_bridge.google_auth import insecure_enabled
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -20,6 +22,25 @@ class EngineConfig:
     # Piper (offline text-to-speech); None means the bundled "joe" voice.
     piper_model_path: str | None = None
     piper_config_path: str | None = None
+    piper_cpu_threads: int = 1  # ONNX Runtime intra-op threads of a synthesis (see agent_bridge.piper_tts)
+    # Google Text-to-Speech (agent_bridge.google_tts checks the voice, language and endpoint at start).
+    google_tts_voice: str = "en-US-Chirp3-HD-Charon"
+    google_tts_language: str = "en-US"
+    google_tts_endpoint: str = "texttospeech.googleapis.com:443"
+    # Every Google engine: plaintext gRPC without credentials (GOOGLE_API_INSECURE=1), for local fakes only.
+    google_api_insecure: bool = False
+    # Google Speech-to-Text (STT_ENGINE=google); agent_bridge.google_stt_settings checks them at start.
+    google_cloud_project: str | None = None
+    google_speech_location: str | None = None  # None: "global", or the location GOOGLE_SPEECH_RECOGNIZER names
+    google_speech_recognizer: str | None = None  # None: projects/{project}/locations/{location}/recognizers/_
+    google_speech_model: str = "long"
+    google_speech_language: str = "en-US"
+    google_speech_endpoint: str | None = None  # host:port; None: the location's own endpoint
+    # Vertex AI Agent Engine (AGENT_ENGINE=vertex); agent_bridge.vertex_agent checks both at start.
+    vertex_agent_engine: str | None = None  # projects/P/locations/L/reasoningEngines/ID
+    vertex_api_endpoint: str | None = None  # a base URL; None means the engine's regional endpoint
+    # ENGINE_FALLBACK=offline: a call whose cloud engine fails for good goes on with the offline one.
+    engine_fallback: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> EngineConfig:
@@ -36,7 +57,28 @@ class EngineConfig:
             whisper_cpu_threads=_positive_int(environ, "WHISPER_CPU_THREADS", defaults.whisper_cpu_threads),
             piper_model_path=piper_model,
             piper_config_path=piper_config,
+            piper_cpu_threads=_positive_int(environ, "PIPER_CPU_THREADS", defaults.piper_cpu_threads),
+            google_tts_voice=_text(environ, "GOOGLE_TTS_VOICE") or defaults.google_tts_voice,
+            google_tts_language=_text(environ, "GOOGLE_TTS_LANGUAGE") or defaults.google_tts_language,
+            google_tts_endpoint=_text(environ, "GOOGLE_TTS_ENDPOINT") or defaults.google_tts_endpoint,
+            google_api_insecure=insecure_enabled(environ),
+            google_cloud_project=_text(environ, "GOOGLE_CLOUD_PROJECT"),
+            google_speech_location=_text(environ, "GOOGLE_SPEECH_LOCATION"),
+            google_speech_recognizer=_text(environ, "GOOGLE_SPEECH_RECOGNIZER"),
+            google_speech_model=_text(environ, "GOOGLE_SPEECH_MODEL") or defaults.google_speech_model,
+            google_speech_language=_text(environ, "GOOGLE_SPEECH_LANGUAGE") or defaults.google_speech_language,
+            google_speech_endpoint=_text(environ, "GOOGLE_SPEECH_ENDPOINT"),
+            vertex_agent_engine=_text(environ, "VERTEX_AGENT_ENGINE"),
+            vertex_api_endpoint=_text(environ, "VERTEX_API_ENDPOINT"),
+            engine_fallback=_fallback(environ),
         )
+
+
+def _fallback(environ: Mapping[str, str]) -> str | None:
+    value = (_text(environ, "ENGINE_FALLBACK") or "off").lower()
+    if value not in ("off", "offline"):
+        raise ValueError(f"ENGINE_FALLBACK must be offline or off, got {value!r}")
+    return None if value == "off" else value
 
 
 def _text(environ: Mapping[str, str], key: str) -> str | None:

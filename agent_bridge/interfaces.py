@@ -84,9 +84,13 @@ class Conversation(ABC):
     # yielded), never only once a reply ends, so the quota guard sees a long reply as it grows.
     tokens: int = 0
 
+    async def start(self) -> str | None:
+        """Begin the conversation on the agent's side (at call start); returns its session id, if it has one."""
+        return None
+
     @abstractmethod
     def reply(self, text: str) -> AsyncIterator[str]:
-        """Stream the reply to a user turn as text deltas."""
+        """Stream the reply to a user turn as text deltas; closing the iterator ends the request."""
 
     async def aclose(self) -> None:
         """End the conversation on the agent's side."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from agent_bridge.config import EngineConfig
@@ -24,10 +24,28 @@ def _whisper(config: EngineConfig) -> SpeechToText:
     return WhisperSpeechToText(cpu_threads=config.whisper_cpu_threads)
 
 
+def _google_stt(config: EngineConfig) -> SpeechToText:
+    from agent_bridge.google_stt import GoogleSpeechToText
+    from agent_bridge.google_stt_settings import GoogleSpeechSettings
+
+    return GoogleSpeechToText(GoogleSpeechSettings.from_config(config))
+
+
 def _piper(config: EngineConfig) -> TextToSpeech:
     from agent_bridge.piper_tts import PiperTextToSpeech
 
-    return PiperTextToSpeech(config.piper_model_path, config.piper_config_path)
+    return PiperTextToSpeech(config.piper_model_path, config.piper_config_path, cpu_threads=config.piper_cpu_threads)
+
+
+def _google_tts(config: EngineConfig) -> TextToSpeech:
+    from agent_bridge.google_tts import GoogleTextToSpeech
+
+    return GoogleTextToSpeech(
+        config.google_tts_voice,
+        config.google_tts_language,
+        config.google_tts_endpoint,
+        insecure=config.google_api_insecure,
+    )
 
 
 def _local(config: EngineConfig) -> Agent:
@@ -36,9 +54,15 @@ def _local(config: EngineConfig) -> Agent:
     return LocalAgent()
 
 
-STT_ENGINES: Mapping[str, Callable[[EngineConfig], SpeechToText]] = {"whisper": _whisper}
-TTS_ENGINES: Mapping[str, Callable[[EngineConfig], TextToSpeech]] = {"piper": _piper}
-AGENT_ENGINES: Mapping[str, Callable[[EngineConfig], Agent]] = {"local": _local}
+def _vertex(config: EngineConfig) -> Agent:
+    from agent_bridge.vertex_agent import VertexAgent
+
+    return VertexAgent.from_config(config)
+
+
+STT_ENGINES: Mapping[str, Callable[[EngineConfig], SpeechToText]] = {"whisper": _whisper, "google": _google_stt}
+TTS_ENGINES: Mapping[str, Callable[[EngineConfig], TextToSpeech]] = {"piper": _piper, "google": _google_tts}
+AGENT_ENGINES: Mapping[str, Callable[[EngineConfig], Agent]] = {"local": _local, "vertex": _vertex}
 
 
 @dataclass
@@ -48,16 +72,19 @@ class Engines:
     stt: SpeechToText
     agent: Agent
     tts: TextToSpeech
+    # ENGINE_FALLBACK=offline: the offline engine of each kind whose configured engine is a cloud one.
+    fallback: dict[str, SpeechToText | Agent | TextToSpeech] = field(default_factory=dict)
+
+    def _all(self) -> list[SpeechToText | Agent | TextToSpeech]:
+        return [self.stt, self.agent, self.tts, *self.fallback.values()]
 
     async def warm_up(self) -> None:
         """Load models before the first call, for the engines that have something to load."""
-        warmers = [getattr(engine, "warm_up", None) for engine in (self.stt, self.agent, self.tts)]
+        warmers = [getattr(engine, "warm_up", None) for engine in self._all()]
         await asyncio.gather(*(warm() for warm in warmers if warm is not None))
 
     async def aclose(self) -> None:
-        results = await asyncio.gather(
-            self.stt.aclose(), self.agent.aclose(), self.tts.aclose(), return_exceptions=True
-        )
+        results = await asyncio.gather(*(engine.aclose() for engine in self._all()), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -82,7 +109,12 @@ def build_engines(config: EngineConfig) -> Engines:
     make_stt = _choose("speech-to-text", "STT_ENGINE", config.stt_engine, STT_ENGINES)
     make_agent = _choose("agent", "AGENT_ENGINE", config.agent_engine, AGENT_ENGINES)
     make_tts = _choose("text-to-speech", "TTS_ENGINE", config.tts_engine, TTS_ENGINES)
-    return Engines(stt=make_stt(config), agent=make_agent(config), tts=make_tts(config))
+    engines = Engines(stt=make_stt(config), agent=make_agent(config), tts=make_tts(config))
+    if config.engine_fallback == "offline":
+        offline = {"stt": ("whisper", _whisper), "agent": ("local", _local), "tts": ("piper", _piper)}
+        chosen = {"stt": config.stt_engine, "agent": config.agent_engine, "tts": config.tts_engine}
+        engines.fallback = {kind: make(config) for kind, (name, make) in offline.items() if chosen[kind] != name}
+    return engines
 
 
 AVATAR_ENGINES = ("rendered", "none")

@@ -1,6 +1,9 @@
-"""Voice-to-voice latency: N spoken turns through a real server process over WebRTC, offline engines.
+"""Voice-to-voice latency: N spoken turns through a real server process over WebRTC.
 
-Prints p50/p95 of each `turn_metrics` field. Usage: python bench/voice_latency.py [--turns 20]
+`--engines offline` (the default): Whisper, the local agent and Piper. `--engines cloud-fakes`: Google STT,
+Vertex AI Agent Engine and Google TTS, each pointed at its local fake (tests/fakes/), which answer at once,
+so the figure is the server's own overhead around cloud engines.
+Prints p50/p95 of each `turn_metrics` field. Usage: python bench/voice_latency.py [--turns 20] [--engines cloud-fakes]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cloud_fakes import cloud_fakes, marked  # noqa: E402
 from bench.server_process import server_process  # noqa: E402
 from tests.rtc_client import RtcClient  # noqa: E402
 from tests.speech import utterance, with_silence  # noqa: E402
@@ -40,7 +44,7 @@ def percentile(values: list[int], q: float) -> float:
     return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
 
 
-async def run_turns(base_url: str, turns: int) -> list[dict[str, int]]:
+async def run_turns(base_url: str, turns: int, mark: bool) -> list[dict[str, int]]:
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base_url}/dev/token", json={"user_id": "bench"}) as resp:
             token = (await resp.json())["access_token"]
@@ -53,7 +57,8 @@ async def run_turns(base_url: str, turns: int) -> list[dict[str, int]]:
         results: list[dict[str, int]] = []
         for index in range(turns):
             text = QUESTIONS[index % len(QUESTIONS)]
-            client.source.play(with_silence(utterance(text), before_s=0.2, after_s=0.2))
+            speech = marked(utterance(text)) if mark else utterance(text)
+            client.source.play(with_silence(speech, before_s=0.2, after_s=0.2))
             metrics = None
             async for message in ws:
                 event = json.loads(message.data)
@@ -76,10 +81,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--end-of-turn-ms", type=int, default=500)
+    parser.add_argument("--engines", choices=("offline", "cloud-fakes"), default="offline")
     args = parser.parse_args()
-    with server_process(PIPELINE="voice", END_OF_TURN_MS=str(args.end_of_turn_ms)) as (base_url, _):
-        results = asyncio.run(run_turns(base_url, args.turns))
-    print(f"\n{len(results)} turns, end of turn after {args.end_of_turn_ms} ms of silence")
+    cloud = args.engines == "cloud-fakes"
+    with cloud_fakes(enabled=cloud) as engine_env:
+        env = {"PIPELINE": "voice", "END_OF_TURN_MS": str(args.end_of_turn_ms), **engine_env}
+        with server_process(**env) as (base_url, _):
+            results = asyncio.run(run_turns(base_url, args.turns, mark=cloud))
+    print(f"\n{len(results)} turns, {args.engines} engines, end of turn after {args.end_of_turn_ms} ms of silence")
     print(f"{'field':22} {'p50':>8} {'p95':>8}")
     for field in FIELDS:
         values = [r[field] for r in results]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from agent_bridge.config import EngineConfig
@@ -35,7 +36,12 @@ class PipelineRuntime:
             await self.engines.aclose()
 
 
-async def start_pipelines(name: str, engine_config: EngineConfig, turn_config: TurnConfig) -> PipelineRuntime:
+async def start_pipelines(
+    name: str,
+    engine_config: EngineConfig,
+    turn_config: TurnConfig,
+    record_agent_session: Callable[[uuid.UUID, str], Awaitable[None]] | None = None,
+) -> PipelineRuntime:
     avatar = build_avatar(engine_config)
     avatar_factory = functools.partial(AvatarVideoTrack, avatar) if avatar is not None else None
     if name == "loopback":
@@ -46,6 +52,8 @@ async def start_pipelines(name: str, engine_config: EngineConfig, turn_config: T
         engines = build_engines(engine_config)
         # Models load before the first call, not during it.
         await asyncio.gather(engines.warm_up(), asyncio.to_thread(vad.load_session))
-        factory = functools.partial(VoicePipeline, engines=engines, turn_config=turn_config)
+        factory = functools.partial(
+            VoicePipeline, engines=engines, turn_config=turn_config, record_agent_session=record_agent_session
+        )
         return PipelineRuntime(factory, avatar_factory, _MEDIA_TYPES + _ENGINE_TYPES, engines)
     raise ValueError(f"unknown PIPELINE {name!r}; choose one of {', '.join(PIPELINES)}")

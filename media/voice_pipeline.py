@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
+from collections.abc import Awaitable, Callable
 
 import av
 
-from agent_bridge.interfaces import Conversation, SpeechToTextSession, Transcript
+from agent_bridge.interfaces import Transcript
 from agent_bridge.registry import Engines
 from media.audio_resample import VAD_RATE, InboundResampler
+from media.engine_fallback import CallEngines
 from media.pipeline import CallPipeline, PipelineContext
 from media.preroll import PrerollBuffer
 from media.reply_speaker import ReplySpeaker
@@ -24,20 +27,27 @@ from media.vad import WINDOW_MS, SileroVad
 
 log = logging.getLogger(__name__)
 
+RecordAgentSession = Callable[[uuid.UUID, str], Awaitable[None]]
+
 # Speech is confirmed ~130 ms after it starts; hand STT a little more than that from before.
 _PREROLL_MS = 500
 
 
 class VoicePipeline(CallPipeline):
-    def __init__(self, context: PipelineContext, engines: Engines, turn_config: TurnConfig) -> None:
+    def __init__(
+        self,
+        context: PipelineContext,
+        engines: Engines,
+        turn_config: TurnConfig,
+        record_agent_session: RecordAgentSession | None = None,
+    ) -> None:
         self._ctx = context
-        self._engines = engines
         self._resampler = InboundResampler(VAD_RATE)
         self._vad = SileroVad()
         self._turns = TurnDetector(turn_config)
         self._preroll = PrerollBuffer(VAD_RATE * _PREROLL_MS // 1000)
-        self._stt: SpeechToTextSession = engines.stt.open_session(self._on_interim)
-        self._conversation: Conversation = engines.agent.open_conversation(context.session_id, context.user_id)
+        self._use = CallEngines(engines, context.session_id, context.user_id, self._on_interim)
+        self._record_agent_session = record_agent_session
         self._feeding_stt = False
         # Audio of a pause, held back so a speculative STT pass started at the pause stays exact;
         # given to STT only if speech resumes.
@@ -95,10 +105,10 @@ class VoicePipeline(CallPipeline):
         elif event.type is TurnEventType.SPEECH_PAUSED:
             self._paused = True
             if not self._closing_turns:  # a pass now would be of the turn still closing
-                self._stt.speech_paused()
+                self._use.stt.speech_paused()
         elif event.type is TurnEventType.SPEECH_RESUMED:
             self._paused = False
-            self._stt.speech_resumed()
+            self._use.stt.speech_resumed()
             for pcm in self._held:
                 self._push_stt(pcm)
             self._held.clear()
@@ -121,9 +131,9 @@ class VoicePipeline(CallPipeline):
             self._next_turn_audio.append(pcm)
             return
         for held in self._next_turn_audio:
-            self._stt.push(held)
+            self._use.stt.push(held)
         self._next_turn_audio.clear()
-        self._stt.push(pcm)
+        self._use.stt.push(pcm)
 
     def _wall_time_of(self, media_ms: float) -> float:
         """Map a moment of the inbound audio clock to loop time: the newest sample arrived just now."""
@@ -136,10 +146,10 @@ class VoicePipeline(CallPipeline):
     async def _transcribe_turn(self, carry: list[bytes]) -> Transcript | None:
         """Close the STT turn: `carry` is this turn's audio that was kept while an earlier one closed."""
         for pcm in carry:
-            self._stt.push(pcm)
+            self._use.stt.push(pcm)
         self._closing_turns -= 1
         try:
-            return await self._stt.finish_turn()  # it takes the turn's audio before it first waits
+            return await self._use.stt.finish_turn()  # it takes the turn's audio before it first waits
         except Exception as exc:
             self._publish_error("stt_failed", exc)
             return None
@@ -188,11 +198,13 @@ class VoicePipeline(CallPipeline):
             self._ctx.events.publish("turn_metrics", turn=turn, **timer.as_event())
 
         speaker = ReplySpeaker(
-            self._engines.tts, self._ctx.audio_out, self._ctx.events, timer, first_frame_sent, self._publish_error
+            self._use.tts, self._ctx.audio_out, self._ctx.events, timer, first_frame_sent, self._publish_error
         )
         self._speaking.add(speaker)
         try:
-            reply = await speaker.speak(self._conversation.reply(text))
+            # Closed at once when the reply is cancelled (barge-in), so a cloud agent's stream ends with it.
+            async with contextlib.aclosing(self._use.conversation.reply(text)) as deltas:
+                reply = await speaker.speak(deltas)
         finally:
             self._speaking.discard(speaker)
             self._tts_characters += speaker.characters_synthesized
@@ -221,15 +233,18 @@ class VoicePipeline(CallPipeline):
     def counters(self) -> dict[str, int]:
         return {
             "voice_activity": self._turns.speech_ms * 1000,
-            "stt_audio": self._stt.audio_ms_transcribed * 1000,
+            "stt_audio": self._use.stt_ms * 1000,
             # A live reply's characters count as they go to TTS, so quota is checked within the reply.
             "tts_characters": self._tts_characters + sum(s.characters_synthesized for s in self._speaking),
-            "agent_tokens": self._conversation.tokens,
+            "agent_tokens": self._use.agent_tokens,
         }
 
     def _publish_error(self, code: str, exc: BaseException) -> None:
         log.warning("call %s: %s: %s", self._ctx.session_id, code, exc)
         self._ctx.events.publish("error", code=code, message=str(exc) or type(exc).__name__)
+        engine = self._use.fall_back(code)  # ENGINE_FALLBACK=offline: later turns use the offline engine
+        if engine is not None:
+            self._ctx.events.publish("engine_fallback", kind=code.removesuffix("_failed"), engine=engine)
 
     def _spawn(self, coro):  # type: ignore[no-untyped-def]
         task = asyncio.ensure_future(coro)
@@ -237,11 +252,25 @@ class VoicePipeline(CallPipeline):
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def start(self) -> None:
+        # The agent's session is made in the background: the answer to the offer does not wait for it.
+        self._spawn(self._start_agent())
+
+    async def _start_agent(self) -> None:
+        """One agent session per call (a cloud agent's), its id stored with the user session."""
+        try:
+            agent_session_id = await self._use.conversation.start()
+        except Exception as exc:
+            self._publish_error("agent_failed", exc)
+            return
+        if agent_session_id is not None and self._record_agent_session is not None:
+            try:
+                await self._record_agent_session(uuid.UUID(self._ctx.session_id), agent_session_id)
+            except Exception:  # the call goes on; only the stored link is missing
+                log.warning("call %s: storing agent session %s failed", self._ctx.session_id, agent_session_id, exc_info=True)
+
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self._stt.aclose()
-        with contextlib.suppress(Exception):
-            await self._conversation.aclose()
+        await self._use.aclose()

@@ -107,6 +107,7 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
             settings.pipeline,
             settings.engines,
             TurnConfig(end_of_turn_silence_ms=settings.end_of_turn_ms, max_turn_ms=settings.limits.max_turn_seconds * 1000),
+            record_agent_session=app[keys.SESSIONS].set_agent_session,
         )
     except BaseException:
         await node_lock.release()

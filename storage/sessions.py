@@ -132,6 +132,9 @@ class SessionRepository:
             node_id,
         )
 
+    async def set_agent_session(self, session_id: uuid.UUID, agent_session_id: str) -> None:
+        await self._pool.execute("update user_sessions set agent_session_id = $2 where id = $1", session_id, agent_session_id)
+
     async def mark_connected(self, session_id: uuid.UUID) -> None:
         await self._pool.execute(
             """
