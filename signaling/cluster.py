@@ -95,14 +95,12 @@ class Cluster:
         """Run `op` on the node that holds the session's call; its answer, as if asked there."""
         assert self.bus is not None
         nodes = self._app[keys.NODES]
-        if await nodes.is_stale(owner, self._stale_after_s):
-            await self._reap_gone_owner()
         request_id = uuid.uuid4().hex
         answer: asyncio.Future[OpResult] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         message = {"kind": "request", "id": request_id, "from": self.node_id, "op": op, "ref": ref.to_json(), "args": args}
         try:
-            await self.bus.send(owner, message)
+            await self.bus.send(owner, message, ordered=False)
             return await asyncio.wait_for(answer, timeout)
         except TimeoutError:
             if await nodes.is_stale(owner, self._stale_after_s):
@@ -186,7 +184,8 @@ class Cluster:
             log.exception("serving %s for node %s failed", message.get("op"), message.get("from"))
             result = 500, {"error": {"code": "internal", "message": "internal error"}}
         status, body = result
-        await self.bus.send(str(message["from"]), {"kind": "response", "id": message["id"], "status": status, "body": body})
+        response = {"kind": "response", "id": message["id"], "status": status, "body": body}
+        await self.bus.send(str(message["from"]), response, ordered=False)
 
     def _relay_to(self, ref: SessionRef, sub: str, node: str) -> OpResult:
         assert self.bus is not None

@@ -111,12 +111,20 @@ class ControlBus:
     def listening(self) -> bool:
         return self._listening.is_set()
 
-    async def send(self, node_id: str | None, message: Message) -> None:
-        """To one node, or with None to every node (this one included)."""
+    async def send(self, node_id: str | None, message: Message, *, ordered: bool = True) -> None:
+        """To one node, or with None to every node (this one included).
+
+        Ordered messages are committed one after the other, so the receiver sees them in that order;
+        an unordered one (a request or its answer) does not wait behind a stream of ordered ones.
+        A chunked message always goes in order, so its chunks never interleave.
+        """
         channel = node_channel(node_id) if node_id is not None else BROADCAST
-        # One NOTIFY committed after the other: the receiver sees them in this order.
+        payloads = encode(message)
+        if not ordered and len(payloads) == 1:
+            await self._pool.execute("select pg_notify($1, $2)", channel, payloads[0])
+            return
         async with self._send_lock:
-            for payload in encode(message):
+            for payload in payloads:
                 await self._pool.execute("select pg_notify($1, $2)", channel, payload)
 
     def _deliver(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
