@@ -12,9 +12,11 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from agent_bridge.interfaces import EngineError
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -119,3 +121,57 @@ async def open_channel(endpoint: str, *, insecure: bool, engine: str) -> grpc.ai
     call_credentials = grpc.metadata_call_credentials(AuthMetadataPlugin(adc.credentials, Request()))
     channel_credentials = grpc.composite_channel_credentials(grpc.ssl_channel_credentials(), call_credentials)
     return grpc.aio.secure_channel(endpoint, channel_credentials, options=grpc_channel_options())
+
+
+C = TypeVar("C")
+
+
+class SharedClient(Generic[C]):
+    """One engine's gRPC client on one channel for the whole process, opened once on first use.
+
+    Every caller waits on the same opening (shielded, so one cancelled caller does not cancel it for
+    the others); a failed opening is tried again by the next caller; `aclose` closes the channel.
+    """
+
+    def __init__(self, endpoint: str, *, insecure: bool, engine: str, make_client: Callable[[grpc.aio.Channel], C]) -> None:
+        self._endpoint = endpoint
+        self._insecure = insecure
+        self._engine = engine
+        self._make_client = make_client
+        self._channel: grpc.aio.Channel | None = None
+        self._client: C | None = None
+        self._opening: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise EngineError(self._engine, "engine is closed")
+
+    async def get(self) -> C:
+        self.check_open()
+        if self._client is None:
+            if self._opening is None:
+                self._opening = asyncio.ensure_future(self._open())
+            try:
+                await asyncio.shield(self._opening)
+            except Exception:
+                self._opening = None  # the next caller tries again
+                raise
+            self.check_open()  # closed while the channel was opening
+        assert self._client is not None
+        return self._client
+
+    async def _open(self) -> None:
+        channel = await open_channel(self._endpoint, insecure=self._insecure, engine=self._engine)
+        if self.closed:
+            await channel.close()
+            return
+        self._channel, self._client = channel, self._make_client(channel)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+        channel, self._channel, self._client = self._channel, None, None
+        if channel is not None:
+            await channel.close()

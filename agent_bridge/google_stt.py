@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.api_core.gapic_v1 import routing_header
 
-from agent_bridge.google_auth import open_channel
+from agent_bridge.google_auth import SharedClient
 from agent_bridge.google_stt_audio import (
     BYTES_PER_MS,
     FinalText,
@@ -54,10 +54,9 @@ class GoogleSpeechToText(SpeechToText):
     def __init__(self, settings: GoogleSpeechSettings, tuning: StreamTuning | None = None) -> None:
         self.settings = settings
         self.tuning = tuning or StreamTuning()
-        self._channel: grpc.aio.Channel | None = None
-        self._client: SpeechAsyncClient | None = None
-        self._opening: asyncio.Future[None] | None = None
-        self._closed = False
+        self._shared: SharedClient[SpeechAsyncClient] = SharedClient(
+            settings.endpoint, insecure=settings.insecure, engine=ENGINE, make_client=self._make_client
+        )
         self._metadata = routing_header.to_grpc_metadata((("recognizer", settings.recognizer),))
         self.config_request = settings.config_request()
 
@@ -69,8 +68,7 @@ class GoogleSpeechToText(SpeechToText):
         self, on_interim: InterimCallback, on_error: Callable[[EngineError], None] | None = None
     ) -> GoogleSpeechSession:
         """`on_error` hears of a failure as it happens; finish_turn raises it for the turn it cost."""
-        if self._closed:
-            raise EngineError(ENGINE, "engine is closed")
+        self._shared.check_open()
         return GoogleSpeechSession(self, on_interim, on_error)
 
     async def open_call(self) -> Any:
@@ -79,37 +77,20 @@ class GoogleSpeechToText(SpeechToText):
         return await client.streaming_recognize(metadata=[self._metadata])
 
     async def aclose(self) -> None:
-        self._closed = True
-        if self._opening is not None and not self._opening.done():
-            self._opening.cancel()
-        channel, self._channel, self._client = self._channel, None, None
-        if channel is not None:
-            await channel.close()
+        await self._shared.aclose()
 
     async def _ready(self) -> SpeechAsyncClient:
-        if self._closed:
-            raise EngineError(ENGINE, "engine is closed")
-        if self._client is None:
-            if self._opening is None or (self._opening.done() and self._opening.exception() is not None):
-                self._opening = asyncio.ensure_future(self._open())
-            # Shielded: one session cancelled while the channel opens must not cancel it for the others.
-            await asyncio.shield(self._opening)
-        assert self._client is not None
-        return self._client
+        return await self._shared.get()
 
-    async def _open(self) -> None:
+    def _make_client(self, channel: grpc.aio.Channel) -> SpeechAsyncClient:
         from google.cloud.speech_v2 import SpeechAsyncClient
         from google.cloud.speech_v2.services.speech.transports import (
             SpeechGrpcAsyncIOTransport,
         )
 
-        channel = await open_channel(self.settings.endpoint, insecure=self.settings.insecure, engine=ENGINE)
-        if self._closed:
-            await channel.close()
-            raise EngineError(ENGINE, "engine is closed")
         # With a channel given, the transport takes no credentials of its own: they are the channel's.
         transport = SpeechGrpcAsyncIOTransport(host=self.settings.endpoint, channel=channel)
-        self._channel, self._client = channel, SpeechAsyncClient(transport=transport)
+        return SpeechAsyncClient(transport=transport)
 
 
 class GoogleSpeechSession(SpeechToTextSession):

@@ -19,7 +19,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from agent_bridge.google_auth import check_endpoint, open_channel
+from agent_bridge.google_auth import SharedClient, check_endpoint
 from agent_bridge.interfaces import EngineError, TextToSpeech
 from agent_bridge.tts_payloads import WavError, split_for_requests, wav_pcm
 
@@ -95,10 +95,9 @@ class GoogleTextToSpeech(TextToSpeech):
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.characters_synthesized = 0
-        self._channel: grpc.aio.Channel | None = None
-        self._client: TextToSpeechAsyncClient | None = None
-        self._opening: asyncio.Future[None] | None = None
-        self._closed = False
+        self._shared: SharedClient[TextToSpeechAsyncClient] = SharedClient(
+            self.endpoint, insecure=insecure, engine=ENGINE, make_client=_make_client
+        )
 
     async def warm_up(self) -> None:
         """Load the credentials and open the channel at start, so a missing one fails there."""
@@ -118,12 +117,7 @@ class GoogleTextToSpeech(TextToSpeech):
                     yield chunk
 
     async def aclose(self) -> None:
-        self._closed = True
-        if self._opening is not None and not self._opening.done():
-            self._opening.cancel()
-        channel, self._channel, self._client = self._channel, None, None
-        if channel is not None:
-            await channel.close()
+        await self._shared.aclose()
 
     # -- one piece -------------------------------------------------------------------------------
 
@@ -209,37 +203,20 @@ class GoogleTextToSpeech(TextToSpeech):
     # -- the channel -----------------------------------------------------------------------------
 
     async def _ready(self) -> TextToSpeechAsyncClient:
-        self._check_open()
-        if self._client is None:
-            if self._opening is None:
-                self._opening = asyncio.ensure_future(self._open())
-            # Shielded: one synthesis cancelled while the channel opens must not cancel it for the others.
-            try:
-                await asyncio.shield(self._opening)
-            except Exception:
-                self._opening = None  # let the next call try again
-                raise
-            self._check_open()  # closed while the channel was opening
-        assert self._client is not None
-        return self._client
-
-    async def _open(self) -> None:
-        from google.cloud.texttospeech_v1 import TextToSpeechAsyncClient
-        from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
-            TextToSpeechGrpcAsyncIOTransport,
-        )
-
-        channel = await open_channel(self.endpoint, insecure=self.insecure, engine=ENGINE)
-        if self._closed:
-            await channel.close()
-            return
-        self._channel = channel
-        # Given a channel, the transport neither looks for credentials nor opens a channel of its own.
-        self._client = TextToSpeechAsyncClient(transport=TextToSpeechGrpcAsyncIOTransport(channel=channel))
+        return await self._shared.get()
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise EngineError(ENGINE, "engine is closed")
+        self._shared.check_open()
+
+
+def _make_client(channel: grpc.aio.Channel) -> TextToSpeechAsyncClient:
+    from google.cloud.texttospeech_v1 import TextToSpeechAsyncClient
+    from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
+        TextToSpeechGrpcAsyncIOTransport,
+    )
+
+    # Given a channel, the transport neither looks for credentials nor opens a channel of its own.
+    return TextToSpeechAsyncClient(transport=TextToSpeechGrpcAsyncIOTransport(channel=channel))
 
 
 def _as_failure(exc: BaseException) -> _RpcFailed | None:
