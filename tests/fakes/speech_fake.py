@@ -26,6 +26,8 @@ import grpc.aio
 import numpy as np
 from google.cloud.speech_v2.types import cloud_speech as speech
 
+from tests.fakes.grpc_fake import GrpcFake
+
 SERVICE = "google.cloud.speech.v2.Speech"
 RATE = 16_000
 BYTES_PER_MS = RATE * 2 // 1000
@@ -130,7 +132,9 @@ class _Recogniser:
         return name if abs(tone - hz) <= 100 else None
 
 
-class FakeSpeech:
+class FakeSpeech(GrpcFake[Fault]):
+    service = SERVICE
+
     def __init__(
         self,
         *,
@@ -146,39 +150,16 @@ class FakeSpeech:
         self.model = model
         self.language = language
         self.streams: list[RecordedStream] = []
-        self._faults: list[tuple[Fault, int | None]] = []
-        self._server: grpc.aio.Server | None = None
-        self.port = 0
+        super().__init__()
 
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        server = grpc.aio.server()
-        handler = grpc.stream_stream_rpc_method_handler(
-            self._streaming_recognize,
-            request_deserializer=speech.StreamingRecognizeRequest.deserialize,
-            response_serializer=speech.StreamingRecognizeResponse.serialize,
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"StreamingRecognize": handler}),)
-        )
-        self.port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        self._server = server
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=None)
-            self._server = None
-
-    def inject(self, fault: Fault, times: int | None = 1) -> None:
-        """Apply `fault` to the next `times` streams (None: to every stream from now on)."""
-        self._faults.append((fault, times))
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {
+            "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
+                self._streaming_recognize,
+                request_deserializer=speech.StreamingRecognizeRequest.deserialize,
+                response_serializer=speech.StreamingRecognizeResponse.serialize,
+            )
+        }
 
     def finals(self) -> list[str]:
         return [text for stream in self.streams for text, _ in stream.finals]
@@ -273,17 +254,6 @@ class FakeSpeech:
             await self._abort(stream, context, grpc.StatusCode.INVALID_ARGUMENT, "unexpected model or language")
         if not request.streaming_config.streaming_features.interim_results:
             await self._abort(stream, context, grpc.StatusCode.INVALID_ARGUMENT, "the fake expects interim results on")
-
-    def _take_fault(self) -> Fault | None:
-        if not self._faults:
-            return None
-        fault, left = self._faults[0]
-        if left is not None:
-            if left <= 1:
-                self._faults.pop(0)
-            else:
-                self._faults[0] = (fault, left - 1)
-        return fault
 
     async def _abort(
         self, stream: RecordedStream, context: grpc.aio.ServicerContext, code: grpc.StatusCode, why: str

@@ -22,6 +22,8 @@ import grpc.aio
 import numpy as np
 from google.cloud.texttospeech_v1 import types as tts
 
+from tests.fakes.grpc_fake import GrpcFake
+
 SERVICE = "google.cloud.texttospeech.v1.TextToSpeech"
 RATE = 24_000
 MAX_INPUT_BYTES = 5_000
@@ -53,7 +55,9 @@ class RecordedCall:
     status: str = "OK"
 
 
-class FakeTextToSpeech:
+class FakeTextToSpeech(GrpcFake[Fault]):
+    service = SERVICE
+
     def __init__(
         self,
         tone_hz: float = 440.0,
@@ -68,17 +72,10 @@ class FakeTextToSpeech:
         self.chunk_delay_s = chunk_delay_s
         self.amplitude = amplitude
         self.calls: list[RecordedCall] = []
-        self._faults: list[tuple[Fault, int | None]] = []  # (fault, calls left; None = every call)
-        self._server: grpc.aio.Server | None = None
-        self.port = 0
+        super().__init__()
 
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        server = grpc.aio.server()
-        handlers = {
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {
             "StreamingSynthesize": grpc.stream_stream_rpc_method_handler(
                 self._streaming_synthesize,
                 request_deserializer=tts.StreamingSynthesizeRequest.deserialize,
@@ -90,22 +87,6 @@ class FakeTextToSpeech:
                 response_serializer=tts.SynthesizeSpeechResponse.serialize,
             ),
         }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        self._server = server
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=None)
-            self._server = None
-
-    def inject(self, fault: Fault, times: int | None = 1) -> None:
-        """Apply `fault` to the next `times` calls (None: to every call from now on)."""
-        self._faults.append((fault, times))
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
 
     def tone(self, text: str) -> np.ndarray:
         """The int16 samples the fake answers `text` with."""
@@ -182,17 +163,6 @@ class FakeTextToSpeech:
         call = RecordedCall(method, fault=self._take_fault())
         self.calls.append(call)
         return call
-
-    def _take_fault(self) -> Fault | None:
-        if not self._faults:
-            return None
-        fault, left = self._faults[0]
-        if left is not None:
-            if left <= 1:
-                self._faults.pop(0)
-            else:
-                self._faults[0] = (fault, left - 1)
-        return fault
 
     async def _audio(self, call: RecordedCall, context: grpc.aio.ServicerContext, text: str) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
