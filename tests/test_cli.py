@@ -59,3 +59,18 @@ def test_serve_prints_its_url_then_answers(database: Database, tmp_path: Path) -
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+def test_a_missing_cloud_setting_stops_the_server_with_one_line_naming_it(database: Database, tmp_path: Path) -> None:
+    base = {**os.environ, "DATABASE_URL": database.url, "VAR_DIR": str(tmp_path), "DEV_MODE": "1",
+            "PIPELINE": "voice", "PORT": str(free_port())}  # fmt: skip
+    for env, variable in (
+        ({"STT_ENGINE": "google"}, "GOOGLE_CLOUD_PROJECT"),
+        ({"AGENT_ENGINE": "vertex"}, "VERTEX_AGENT_ENGINE"),
+        ({"TTS_ENGINE": "google", "GOOGLE_TTS_ENDPOINT": "no-port-here"}, "GOOGLE_TTS_ENDPOINT"),
+        ({"ENGINE_FALLBACK": "sometimes"}, "ENGINE_FALLBACK"),
+    ):
+        result = run_py(env={**base, **env})
+        assert result.returncode != 0 and "Serving on" not in result.stdout, (env, result.stdout)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and variable in errors[0], (env, result.stderr[-2000:])
