@@ -21,12 +21,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# A benchmark drives many calls from one user and one address: every per-user, per-IP and per-node limit off.
+UNLIMITED = {
+    "MAX_CALLS_PER_USER": "0",
+    "MAX_CALLS": "0",
+    "RATE_LIMIT_SESSIONS_PER_MINUTE": "0",
+    "RATE_LIMIT_REQUESTS_PER_MINUTE": "0",
+}
+
+
 @contextmanager
 def server_process(**env: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Yields (base_url, process) once the server prints that it serves."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-var-") as var_dir:
-        full_env = {**os.environ, "PORT": str(port), "VAR_DIR": var_dir, "DEV_MODE": "1", "LOG_LEVEL": "WARNING", **env}
+        full_env = {**os.environ, "PORT": str(port), "VAR_DIR": var_dir, "DEV_MODE": "1", "LOG_LEVEL": "WARNING", **UNLIMITED, **env}
         proc = subprocess.Popen(
             [sys.executable, "run.py"], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, text=True
         )
