@@ -99,6 +99,16 @@ def _takes_query_token(request: web.Request) -> bool:
     )
 
 
+def verify_once(request: web.Request, token: str) -> Principal:
+    """The token's principal, checked once per request (the rate limiter and the route both need it)."""
+    cached = request.get(_VERIFIED)
+    if cached is not None and cached[0] == token:
+        return cached[1]
+    principal = request.app[TOKENS].verify(token)
+    request[_VERIFIED] = (token, principal)
+    return principal
+
+
 def principal_of(request: web.Request) -> Principal:
     """The caller, from `Authorization: Bearer` or, on the events WebSocket only, `?access_token=`."""
     token = bearer_token(request)
@@ -106,8 +116,8 @@ def principal_of(request: web.Request) -> Principal:
         token = request.query.get("access_token", "")
     if not token:
         raise ApiError(401, "unauthorized", "an access token is required (Authorization: Bearer <token>)")
-    authority: TokenAuthority = request.app[TOKENS]
-    return authority.verify(token)
+    return verify_once(request, token)
 
 
 TOKENS = web.AppKey("tokens", TokenAuthority)
+_VERIFIED = web.RequestKey("verified_token", tuple)  # (token, principal), for this request only

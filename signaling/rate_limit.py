@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from signaling.auth import TOKENS, bearer_token
+from signaling.auth import bearer_token, verify_once
 from signaling.errors import ApiError, error_response
 
 API_PREFIX = "/api/v1"
@@ -90,7 +90,7 @@ def _keys(request: web.Request) -> list[str]:
     token = bearer_token(request)
     if token:
         try:
-            keys.append(f"user:{request.app[TOKENS].verify(token).user_id}")
+            keys.append(f"user:{verify_once(request, token).user_id}")
         except ApiError:
             pass  # an invalid token is the handler's 401; the request still counts against its IP
     return keys
