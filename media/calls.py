@@ -92,11 +92,11 @@ class CallRegistry:
             lobby.close("expired")
 
     def subscribe(self, session_id: uuid.UUID, user_id: str, expires_at: datetime, sink: EventSink) -> tuple[str, Callable[[], None]]:
-        """Follow the session's events from now on; returns its state now and how to stop."""
-        key = str(session_id)
-        if key in self._ended:
-            return "ended", lambda: None
-        call = self._calls.get(key)
+        """Follow the session's events from now on; returns its state now and how to stop.
+
+        The caller has checked `end_reason` first: a session ended here gets no lobby.
+        """
+        call = self._calls.get(str(session_id))
         if call is not None:
             return str(call.state), call.events.subscribe(sink)
         return "new", self._lobby(session_id, user_id, expires_at).events.subscribe(sink)
