@@ -14,7 +14,6 @@ from pathlib import Path
 
 import aiohttp
 import av
-import psutil
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
@@ -23,6 +22,7 @@ from media.loopback import LoopbackPipeline
 from signaling import keys
 from storage.database import Database
 from tests.conftest import RunningServer, server_settings, start_server
+from tests.probes import udp_sockets, until
 from tests.rtc_client import PcmSourceTrack, RtcClient, sine, strip_candidates
 from tests.test_call_loopback import dominant_frequency
 
@@ -30,22 +30,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def udp_sockets() -> int:
-    return len(psutil.Process().net_connections(kind="udp"))
-
-
 async def session_row(database: Database, session_id: str) -> tuple[str, str | None]:
     row = await database.pool.fetchrow("select status, end_reason from user_sessions where id = $1", uuid.UUID(session_id))
     return row["status"], row["end_reason"]
-
-
-async def until(predicate, timeout: float, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return predicate()
 
 
 async def make_offer(*, audio_tracks: int = 1) -> tuple[RTCPeerConnection, str]:

@@ -13,6 +13,7 @@ import pytest
 
 from signaling import keys
 from tests.conftest import RunningServer, server_settings, start_server
+from tests.probes import udp_sockets
 from tests.rtc_client import RATE, RtcClient, sine
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -22,10 +23,6 @@ def dominant_frequency(samples: np.ndarray) -> float:
     window = samples.astype(np.float64) * np.hanning(len(samples))
     spectrum = np.abs(np.fft.rfft(window))
     return float(np.fft.rfftfreq(len(samples), 1 / RATE)[int(np.argmax(spectrum[1:])) + 1])
-
-
-def udp_sockets() -> int:
-    return len(psutil.Process().net_connections(kind="udp"))
 
 
 async def collect_events(ws: aiohttp.ClientWebSocketResponse, into: list[dict[str, object]]) -> None:

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
 from storage.control_bus import ControlBus, Reassembler, encode
 from storage.database import Database
+from tests.probes import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 async def test_chunks_put_together_again() -> None:

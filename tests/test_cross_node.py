@@ -15,6 +15,7 @@ import pytest
 from signaling.auth import TokenAuthority
 from storage.database import Database
 from tests.conftest import TEST_JWT_SECRET
+from tests.probes import until
 from tests.rtc_client import RtcClient, sine
 from tests.test_metering_processes import ServerProcess
 
@@ -39,15 +40,6 @@ async def read_events(ws: aiohttp.ClientWebSocketResponse, into: list[dict[str, 
             into.append(json.loads(message.data))
 
 
-async def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
-
-
 async def test_any_node_answers_for_a_call_on_another(database: Database, tmp_path: Path, http: aiohttp.ClientSession) -> None:
     a = ServerProcess(database, tmp_path / "a", node_id=f"node-a-{uuid.uuid4().hex[:6]}", PIPELINE="voice")
     b = ServerProcess(database, tmp_path / "b", node_id=f"node-b-{uuid.uuid4().hex[:6]}", PIPELINE="voice")
@@ -68,7 +60,7 @@ async def test_any_node_answers_for_a_call_on_another(database: Database, tmp_pa
         # The offer goes to A: the call lives there.
         await client.connect(http)
         await client.wait_connected()
-        assert await wait_for(lambda: any(e.get("state") == "connected" for e in early), 5), early
+        assert await until(lambda: any(e.get("state") == "connected" for e in early), 5), early
 
         # A second offer anywhere is refused; the call stays one.
         async with http.post(f"{on_b}/offer", json={"sdp": client.pc.localDescription.sdp, "type": "offer"}, headers=headers) as resp:
@@ -88,7 +80,7 @@ async def test_any_node_answers_for_a_call_on_another(database: Database, tmp_pa
         late: list[dict[str, object]] = []
         ws_late = await http.ws_connect(f"{on_b}/events?access_token={token}")
         late_reader = asyncio.ensure_future(read_events(ws_late, late))
-        assert await wait_for(lambda: bool(late), 5)
+        assert await until(lambda: bool(late), 5)
         assert late[0]["type"] == "state" and late[0]["state"] == "connected"
 
         # A typed turn through B: the reply comes back to B and is spoken on A's call.
@@ -97,7 +89,7 @@ async def test_any_node_answers_for_a_call_on_another(database: Database, tmp_pa
             assert resp.status == 200, await resp.text()
             reply = (await resp.json())["reply"]
         assert reply.startswith("Hello")
-        assert await wait_for(lambda: any(e["type"] == "agent_text" and e.get("final") for e in late), 5)
+        assert await until(lambda: any(e["type"] == "agent_text" and e.get("final") for e in late), 5)
         await asyncio.sleep(1.0)
         heard = client.recorder.audio()
         assert np.sqrt(np.mean(heard.astype(np.float64) ** 2)) > 200  # the reply's speech arrived

@@ -10,21 +10,17 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import numpy as np
-import psutil
 import pytest
 
 from signaling import keys
 from storage.database import Database
 from tests.conftest import server_settings, start_server
+from tests.probes import udp_sockets
 from tests.rtc_client import PcmSourceTrack, RtcClient, sine
 from tests.test_call_loopback import dominant_frequency
 from tests.test_metering import admin_set
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-def udp_sockets() -> int:
-    return len(psutil.Process().net_connections(kind="udp"))
 
 
 async def test_spent_avatar_quota_costs_the_avatar_not_the_call(
