@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -9,12 +10,24 @@ from typing import Any
 
 import asyncpg
 
+from storage.avatar_sessions import heygen_token_context, insert_avatar_session
+from storage.token_cipher import TokenCipher
+
 AVATAR_EVENT_TYPES = ("started", "speaking", "listening", "idle", "ended")
+# What a session with no provider behind it stores for a token when there is no cipher: a short word
+# such as "offline". A real session token never looks like this, so none is ever stored in the clear.
+_NON_SECRET_LABEL = re.compile(r"[a-z]{1,16}")
 
 
 class AvatarSessionRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """Sessions of the avatar rendered on this server (no provider to stop), and every session's events.
+
+    HeyGen LiveAvatar sessions are created through storage.avatar_sessions.AvatarSessionStore.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, cipher: TokenCipher | None = None) -> None:
         self._pool = pool
+        self._cipher = cipher
 
     async def create(
         self,
@@ -27,20 +40,26 @@ class AvatarSessionRepository:
         voice_id: str | None = None,
         expires_at: datetime | None = None,
     ) -> uuid.UUID:
-        return await self._pool.fetchval(
-            """
-            insert into avatar_sessions(user_session_id, heygen_session_id, heygen_session_token, avatar_id,
-                                        quality_setting, voice_id, expires_at)
-            values ($1, $2, $3, $4, $5, $6, $7)
-            returning id
-            """,
+        """The token is encrypted when there is a cipher; without one only a non-secret label is taken."""
+        avatar_session_id = uuid.uuid4()
+        if self._cipher is not None:
+            stored = self._cipher.encrypt(heygen_session_token, context=heygen_token_context(avatar_session_id))
+        elif _NON_SECRET_LABEL.fullmatch(heygen_session_token):
+            stored = heygen_session_token
+        else:
+            raise ValueError("an avatar session token is stored encrypted: give AvatarSessionRepository a TokenCipher")
+        return await insert_avatar_session(
+            self._pool,
+            avatar_session_id,
             user_session_id,
             heygen_session_id,
-            heygen_session_token,
+            stored,
             avatar_id,
-            quality,
-            voice_id,
-            expires_at,
+            provider=None,
+            quality=quality,
+            voice_id=voice_id,
+            expires_at=expires_at,
+            status="active",
         )
 
     async def record_event(
