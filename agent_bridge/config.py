@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent_bridge.google_auth import insecure_enabled
+from agent_bridge.liveavatar.settings import LiveAvatarSettings
+
+AVATAR_FALLBACKS = ("rendered", "none")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,10 @@ class EngineConfig:
     vertex_api_endpoint: str | None = None  # a base URL; None means the engine's regional endpoint
     # ENGINE_FALLBACK=offline: a call whose cloud engine fails for good goes on with the offline one.
     engine_fallback: str | None = None
+    # AVATAR_ENGINE=liveavatar: the service's settings (LIVEAVATAR_*), checked at start.
+    liveavatar: LiveAvatarSettings | None = None
+    # What a call's video becomes when the LiveAvatar fails: the rendered face, or none.
+    avatar_fallback: str = "rendered"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> EngineConfig:
@@ -71,6 +78,8 @@ class EngineConfig:
             vertex_agent_engine=_text(environ, "VERTEX_AGENT_ENGINE"),
             vertex_api_endpoint=_text(environ, "VERTEX_API_ENDPOINT"),
             engine_fallback=_fallback(environ),
+            liveavatar=LiveAvatarSettings.from_env(environ) if _name(environ, "AVATAR_ENGINE", "") == "liveavatar" else None,
+            avatar_fallback=_avatar_fallback(environ),
         )
 
 
@@ -79,6 +88,13 @@ def _fallback(environ: Mapping[str, str]) -> str | None:
     if value not in ("off", "offline"):
         raise ValueError(f"ENGINE_FALLBACK must be offline or off, got {value!r}")
     return None if value == "off" else value
+
+
+def _avatar_fallback(environ: Mapping[str, str]) -> str:
+    value = _name(environ, "AVATAR_FALLBACK", "rendered")
+    if value not in AVATAR_FALLBACKS:
+        raise ValueError(f"AVATAR_FALLBACK must be rendered or none, got {value!r}")
+    return value
 
 
 def _text(environ: Mapping[str, str], key: str) -> str | None:

@@ -15,6 +15,7 @@ from agent_bridge.config import EngineConfig
 from agent_bridge.interfaces import Agent, SpeechToText, TextToSpeech
 
 if TYPE_CHECKING:
+    from agent_bridge.liveavatar.engine import LiveAvatarEngine
     from agent_bridge.rendered_avatar import RenderedAvatar
 
 
@@ -117,17 +118,37 @@ def build_engines(config: EngineConfig) -> Engines:
     return engines
 
 
-AVATAR_ENGINES = ("rendered", "none")
+AVATAR_ENGINES = ("rendered", "liveavatar", "none")
 
 
-def build_avatar(config: EngineConfig) -> RenderedAvatar | None:
-    """The avatar every call that asks for video gets: one renderer shared by all calls, or none."""
+@dataclass
+class AvatarEngines:
+    """The node's avatars: the rendered face (the offline default and the fallback) and the LiveAvatar."""
+
+    renderer: RenderedAvatar | None
+    liveavatar: LiveAvatarEngine | None = None
+    fallback: str = "rendered"
+
+    async def aclose(self) -> None:
+        if self.liveavatar is not None:
+            await self.liveavatar.aclose()
+
+
+def build_avatar(config: EngineConfig) -> AvatarEngines:
+    """What every call that asks for video gets: one renderer shared by all calls, the LiveAvatar, or none."""
     if config.avatar_engine == "none":
-        return None
-    if config.avatar_engine == "rendered":
-        from agent_bridge.rendered_avatar import RenderedAvatar
+        return AvatarEngines(renderer=None, fallback="none")
+    if config.avatar_engine not in AVATAR_ENGINES:
+        raise ValueError(
+            f"unknown avatar engine {config.avatar_engine!r} (AVATAR_ENGINE); choose one of: {', '.join(AVATAR_ENGINES)}"
+        )
+    from agent_bridge.rendered_avatar import RenderedAvatar
 
-        return RenderedAvatar()
-    raise ValueError(
-        f"unknown avatar engine {config.avatar_engine!r} (AVATAR_ENGINE); choose one of: {', '.join(AVATAR_ENGINES)}"
-    )
+    if config.avatar_engine == "rendered":
+        return AvatarEngines(renderer=RenderedAvatar())
+    from agent_bridge.liveavatar.engine import LiveAvatarEngine
+
+    if config.liveavatar is None:
+        raise ValueError("AVATAR_ENGINE=liveavatar needs LIVEAVATAR_API_KEY")
+    # The rendered face is built either way: it is the placeholder until the avatar's first frame.
+    return AvatarEngines(RenderedAvatar(), LiveAvatarEngine(config.liveavatar), config.avatar_fallback)

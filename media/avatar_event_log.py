@@ -36,6 +36,7 @@ class AvatarEventLog:
         user_session_id: str,
         avatar_id: str,
         cost_per_minute: Decimal,
+        avatar_session_id: uuid.UUID | None = None,
     ) -> None:
         self._avatars = avatars
         self._sessions = sessions
@@ -45,7 +46,8 @@ class AvatarEventLog:
         self._pending: deque[_Row] = deque()
         self._drain_lock = asyncio.Lock()
         self._drainer: asyncio.Task[bool] | None = None
-        self.avatar_session_id: uuid.UUID | None = None
+        # A LiveAvatar's row exists from the session's creation; the rendered face's is made with its first event.
+        self.avatar_session_id = avatar_session_id
 
     def quota_cost(self, duration_us: int) -> Decimal:
         return (Decimal(duration_us) * self._cost_per_minute / _US_PER_MINUTE).quantize(_CENT, ROUND_HALF_UP)

@@ -17,6 +17,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from media.aiortc_internals import release_transports, tap_inbound_rtp
+from media.avatar_relay import AvatarRelay
 from media.avatar_track import AvatarVideoTrack
 from media.call_limits import CallLimits
 from media.call_state import CallState, checked_transition, is_live
@@ -26,6 +27,7 @@ from media.outbound_audio import PacedAudioTrack
 from media.pipeline import CallPipeline, PipelineContext, PipelineFactory
 from media.sdp_check import InvalidOffer, check_offer
 from media.session_lobby import SessionLobby
+from media.speech_output import SpeechRouter
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,10 @@ class Call:
         self.state = CallState.NEW
         self.end_reason: str | None = None
         self.audio_out = PacedAudioTrack()
+        self.speech = SpeechRouter(self.audio_out)
         self.usage = CallUsage(self.audio_out)
         self.avatar: AvatarVideoTrack | None = None
+        self.avatar_relay: AvatarRelay | None = None  # set while a LiveAvatar speaks for the call
         self.frames_failed = 0
         self._ice_servers = ice_servers
         self._pipeline_factory = pipeline_factory
@@ -124,7 +128,7 @@ class Call:
         self._accepted = True
         self._set_state(CallState.CONNECTING)
         pc.on("connectionstatechange", self._on_connection_state)
-        self._pipeline = self._pipeline_factory(PipelineContext(self.session_id, self.user_id, self.events, self.audio_out))
+        self._pipeline = self._pipeline_factory(PipelineContext(self.session_id, self.user_id, self.events, self.audio_out, self.speech))
         await self._pipeline.start()
         # No renegotiation: the offer's tracks are all the tracks this call will have.
         for receiver in pc.getReceivers():
@@ -159,12 +163,20 @@ class Call:
             self.audio_out.sent_listeners.remove(self.avatar.follow_speech)
         self.avatar.stop()
         self.events.publish("avatar_stopped", reason=reason)
+        if self.avatar_relay is not None:
+            self.avatar_relay.end(reason)  # a paid avatar session stops with its video
 
     async def send_text(self, text: str) -> str:
         """A typed user turn into the call; the reply is spoken on the call and returned."""
         if not is_live(self.state) or self._pipeline is None:
             raise CallStateError(f"the call is not connected (state: {self.state})")
         return await self._pipeline.handle_text(text)
+
+    async def speak(self, text: str) -> str:
+        """Say `text` word for word on the call (by the avatar, while it speaks for the call)."""
+        if not is_live(self.state) or self._pipeline is None:
+            raise CallStateError(f"the call is not connected (state: {self.state})")
+        return await self._pipeline.speak(text)
 
     async def add_ice_candidate(self, candidate: RTCIceCandidate | None) -> None:
         """A parsed trickled candidate (None: end of candidates); the caller has charged the budget."""

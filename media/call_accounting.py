@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from media.avatar_event_log import AvatarEventLog
 from media.avatar_presence import AvatarPresence
+from media.avatar_service import RENDERED_AVATAR_ID, AvatarService
 from media.call import Call
 from media.quota_guard import QuotaGuard, QuotaPolicy
 from media.usage_flusher import UsageFlusher
@@ -17,6 +19,7 @@ from storage.sessions import SessionRepository
 from storage.usage import UsageRepository
 
 AVATAR_USAGE_TYPE = "avatar_video_seconds"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Accounting:
     node_id: str
     # The usage types every call of this node's pipeline consumes; the avatar's is added per call.
     call_usage_types: tuple[str, ...]
+    avatar_service: AvatarService
     _avatar_presence: dict[str, tuple[AvatarPresence, AvatarEventLog]] = field(default_factory=dict)
 
     async def claim(self, session_id: uuid.UUID) -> bool:
@@ -59,8 +63,17 @@ class Accounting:
             self.policy,
         )
         call.run_task(guard.run(), "quota_guard", critical=True)
+        # A LiveAvatar starts now (its rows exist since the session was made); else the rendered face.
+        try:
+            avatar_session_id = await self.avatar_service.attach(call)
+        except Exception as exc:  # the call goes on with the fallback avatar
+            logger.warning("call %s: starting its avatar failed", call.session_id, exc_info=True)
+            call.events.publish("error", code="avatar_failed", message=f"the avatar could not start: {exc}")
+            avatar_session_id = None
         if call.avatar is not None:
-            log = AvatarEventLog(self.avatars, self.sessions, call.session_id, "rendered-default", self.avatar_cost_per_minute)
+            log = AvatarEventLog(
+                self.avatars, self.sessions, call.session_id, RENDERED_AVATAR_ID, self.avatar_cost_per_minute, avatar_session_id
+            )
             self._avatar_presence[call.session_id] = (AvatarPresence(call.avatar, call.events, log), log)
 
     @staticmethod

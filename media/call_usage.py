@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from aiortc.rtp import RtpPacket
 
 from media.avatar_track import AvatarVideoTrack
-from media.meters import RtpAudioMeter, WallClockMeter
+from media.meters import RtpAudioMeter, VideoMeter, WallClockMeter
+from media.relay_audio import SAMPLE_RATE as RELAY_RATE
+from media.relay_audio import RelayAudioBuffer
 from media.outbound_audio import FRAME_MS, SAMPLE_RATE, PacedAudioTrack
 
 
@@ -34,6 +36,10 @@ class CallUsage:
     mic: RtpAudioMeter = field(default_factory=RtpAudioMeter)
     connected: WallClockMeter = field(default_factory=WallClockMeter)
     avatar: AvatarVideoTrack | None = None
+    # The LiveAvatar's relayed media, metered from the room's own timestamps and samples (not billed:
+    # the avatar is billed as the video we stream, `avatar_video`).
+    relay_video: VideoMeter | None = None
+    relay_audio: RelayAudioBuffer | None = None
 
     def on_inbound_audio_packet(self, packet: RtpPacket) -> None:
         self.mic.on_packet(packet.ssrc, packet.timestamp, packet.payload)
@@ -50,6 +56,11 @@ class CallUsage:
         ]
         if self.avatar is not None:
             samples.append(MeterSample("avatar_video", "video", "outbound", "avatar_video_seconds", self.avatar.meter.media_us))
+        if self.relay_video is not None:
+            samples.append(MeterSample("avatar_relay_video", "video", "inbound", None, self.relay_video.media_us))
+        if self.relay_audio is not None:
+            relayed_us = self.relay_audio.samples_in * 1_000_000 // RELAY_RATE
+            samples.append(MeterSample("avatar_relay_audio", "audio", "inbound", None, relayed_us))
         for name, (kind, direction, usage_type) in PIPELINE_METERS.items():
             if name in pipeline_counters:
                 samples.append(MeterSample(name, kind, direction, usage_type, pipeline_counters[name]))

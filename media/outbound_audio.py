@@ -11,6 +11,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from media.audio_buffer import SampleQueue
 from media.opus_encoder import InlineOpusEncoder
 from media.pacing import FramePacer
+from media.relay_audio import RelayAudioBuffer
 
 SAMPLE_RATE = 48_000
 FRAME_MS = 20
@@ -29,6 +30,10 @@ class PacedAudioTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self.queue = SampleQueue()
+        # While the LiveAvatar relay is on, the browser hears the avatar's own audio from here
+        # (in sync with its lips); our speech goes to the avatar instead of the queue.
+        self.relay: RelayAudioBuffer | None = None
+        self.relay_speaking = False  # the relayed audio is the avatar's speech: it counts as speech sent
         # Told of every frame's samples as it is sent (the avatar's mouth follows them).
         self.sent_listeners: list[Callable[[np.ndarray], None]] = []
         self._encoder: InlineOpusEncoder | None = InlineOpusEncoder()
@@ -79,7 +84,12 @@ class PacedAudioTrack(MediaStreamTrack):
         encoder = self._encoder
         if encoder is None:
             raise MediaStreamError
-        samples, real = self.queue.pop(FRAME_SAMPLES)
+        relay = self.relay
+        if relay is None:
+            samples, real = self.queue.pop(FRAME_SAMPLES)
+        else:
+            samples = relay.pop(FRAME_SAMPLES)
+            real = FRAME_SAMPLES if self.relay_speaking else 0
         packet = encoder.encode(samples, self.frames_sent * FRAME_SAMPLES)
         for listener in self.sent_listeners:
             listener(samples)

@@ -10,6 +10,7 @@ import av
 
 from media.events import EventBus
 from media.outbound_audio import PacedAudioTrack
+from media.speech_output import SpeechOutput, TrackSpeech
 
 
 class TextNotSupported(Exception):
@@ -24,6 +25,12 @@ class PipelineContext:
     user_id: str
     events: EventBus
     audio_out: PacedAudioTrack
+    # Where replies are spoken: the track itself, or the avatar while it carries the call's audio.
+    speech: SpeechOutput | None = None
+
+    @property
+    def speech_out(self) -> SpeechOutput:
+        return self.speech if self.speech is not None else TrackSpeech(self.audio_out)
 
 
 class CallPipeline(ABC):
@@ -36,6 +43,10 @@ class CallPipeline(ABC):
     async def handle_text(self, text: str) -> str:
         """A typed user turn; returns the reply's text. Pipelines without an agent refuse."""
         raise TextNotSupported("this call does not take text messages")
+
+    async def speak(self, text: str) -> str:
+        """Say `text` as it is (no agent turn); returns it once all of it is queued."""
+        raise TextNotSupported("this call does not speak text")
 
     def counters(self) -> dict[str, int]:
         """Usage the pipeline counts itself, by meter name (see media.call_usage.PIPELINE_METERS)."""

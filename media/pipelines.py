@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent_bridge.config import EngineConfig
-from agent_bridge.registry import Engines, build_avatar, build_engines
+from agent_bridge.registry import AvatarEngines, Engines, build_avatar, build_engines
 from media import vad
+from media.agent_sessions import AgentSessionStore
 from media.avatar_track import AvatarVideoTrack
 from media.loopback import LoopbackPipeline
 from media.pipeline import PipelineFactory
@@ -29,9 +29,11 @@ class PipelineRuntime:
     avatar_factory: Callable[[], AvatarVideoTrack] | None
     # What every call consumes, and so the quota a session needs left to start (the avatar's is optional).
     usage_types: tuple[str, ...]
+    avatars: AvatarEngines
     engines: Engines | None = None
 
     async def aclose(self) -> None:
+        await self.avatars.aclose()
         if self.engines is not None:
             await self.engines.aclose()
 
@@ -40,12 +42,13 @@ async def start_pipelines(
     name: str,
     engine_config: EngineConfig,
     turn_config: TurnConfig,
-    record_agent_session: Callable[[uuid.UUID, str], Awaitable[None]] | None = None,
+    agent_store: AgentSessionStore | None = None,
 ) -> PipelineRuntime:
-    avatar = build_avatar(engine_config)
-    avatar_factory = functools.partial(AvatarVideoTrack, avatar) if avatar is not None else None
+    avatars = build_avatar(engine_config)
+    renderer = avatars.renderer
+    avatar_factory = functools.partial(AvatarVideoTrack, renderer) if renderer is not None else None
     if name == "loopback":
-        return PipelineRuntime(LoopbackPipeline, avatar_factory, _MEDIA_TYPES)
+        return PipelineRuntime(LoopbackPipeline, avatar_factory, _MEDIA_TYPES, avatars)
     if name == "voice":
         from media.voice_pipeline import VoicePipeline
 
@@ -53,7 +56,8 @@ async def start_pipelines(
         # Models load before the first call, not during it.
         await asyncio.gather(engines.warm_up(), asyncio.to_thread(vad.load_session))
         factory = functools.partial(
-            VoicePipeline, engines=engines, turn_config=turn_config, record_agent_session=record_agent_session
+            VoicePipeline, engines=engines, turn_config=turn_config, agent_store=agent_store
         )
-        return PipelineRuntime(factory, avatar_factory, _MEDIA_TYPES + _ENGINE_TYPES, engines)
+        return PipelineRuntime(factory, avatar_factory, _MEDIA_TYPES + _ENGINE_TYPES, avatars, engines)
+    await avatars.aclose()
     raise ValueError(f"unknown PIPELINE {name!r}; choose one of {', '.join(PIPELINES)}")

@@ -14,7 +14,7 @@ from agent_bridge.interfaces import TextToSpeech
 from agent_bridge.sentences import SentenceSplitter
 from media.audio_resample import OutboundResampler
 from media.events import EventBus
-from media.outbound_audio import PacedAudioTrack
+from media.speech_output import SpeechOutput
 from media.turn_metrics import TurnTimer
 
 OnEngineError = Callable[[str, BaseException], None]
@@ -30,7 +30,7 @@ class ReplySpeaker:
     def __init__(
         self,
         tts: TextToSpeech,
-        audio_out: PacedAudioTrack,
+        audio_out: SpeechOutput,
         events: EventBus,
         timer: TurnTimer,
         on_first_frame: Callable[[], None],

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from aiortc import RTCIceServer
 
+from media.agent_sessions import AgentSessionOpener
 from media.aiortc_internals import check_aiortc
+from media.avatar_service import AvatarService
 from media.call_accounting import Accounting
 from media.calls import CallRegistry
 from media.pipelines import start_pipelines
@@ -21,6 +23,7 @@ from media.turn_detector import TurnConfig
 from media.usage_flusher import UsageFlusher
 from signaling import events_ws, keys  # noqa: F401  (registers its route on sessions_api.routes)
 from signaling.auth import TokenAuthority
+from signaling.avatar_api import routes as avatar_routes
 from signaling.cluster import Cluster
 from signaling.drain import NODE_ID_TAKEN, Drain
 from signaling.errors import error_middleware
@@ -32,6 +35,7 @@ from signaling.sessions_api import routes as session_routes
 from signaling.node_liveness import NodeLiveness
 from signaling.settings import Settings
 from signaling.usage_api import routes as usage_routes
+from storage.avatar_sessions import AvatarSessionStore
 from storage.avatar_usage import AvatarSessionRepository
 from storage.database import open_database
 from storage.node_lock import NodeLock
@@ -82,6 +86,7 @@ def build_app(settings: Settings) -> web.Application:
     app[keys.DRAINING] = Drain()
     app.add_routes(page_routes)
     app.add_routes(session_routes)
+    app.add_routes(avatar_routes)
     app.add_routes(usage_routes)
     if settings.dev_mode:
         app.add_routes(dev_routes)
@@ -107,7 +112,7 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
             settings.pipeline,
             settings.engines,
             TurnConfig(end_of_turn_silence_ms=settings.end_of_turn_ms, max_turn_ms=settings.limits.max_turn_seconds * 1000),
-            record_agent_session=app[keys.SESSIONS].set_agent_session,
+            agent_store=app[keys.SESSIONS],
         )
     except BaseException:
         await node_lock.release()
@@ -116,6 +121,14 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
     app[keys.USAGE] = UsageRepository(db.pool)
     app[keys.QUOTAS] = QuotaRepository(db.pool)
     app[keys.NODES] = NodeRepository(db.pool)
+    app[keys.AGENT_SESSIONS] = AgentSessionOpener(pipelines.engines.agent if pipelines.engines else None, app[keys.SESSIONS])
+    cipher = settings.token_cipher() if settings.avatar_token_keys or settings.dev_mode else None
+    avatars = app[keys.AVATARS] = AvatarService(
+        pipelines.avatars,
+        AvatarSessionStore(db.pool, cipher) if cipher is not None else None,
+        app[keys.SESSIONS],
+        AvatarSessionRepository(db.pool, cipher),
+    )
 
     def accounting(registry: CallRegistry) -> Accounting:
         flusher = UsageFlusher(registry.live_calls, app[keys.USAGE], app[keys.SESSIONS], app[keys.QUOTAS])
@@ -125,11 +138,12 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
             app[keys.QUOTAS],
             app[keys.USAGE],
             policy,
-            AvatarSessionRepository(db.pool),
+            AvatarSessionRepository(db.pool, cipher),
             settings.avatar_cost_per_minute,
             app[keys.SESSIONS],
             settings.node_id,
             pipelines.usage_types,
+            avatars,
         )
 
     calls = CallRegistry(
@@ -161,7 +175,7 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
     background = [
         asyncio.ensure_future(calls.accounting.flusher.run()),
         asyncio.ensure_future(liveness.run()),
-        asyncio.ensure_future(_janitor(app[keys.SESSIONS], liveness)),
+        asyncio.ensure_future(_janitor(app[keys.SESSIONS], liveness, avatars, settings.node_stale_seconds)),
     ]
     try:
         yield
@@ -181,8 +195,8 @@ async def _end_calls(app: web.Application) -> None:
     await app[keys.CALLS].close_all("server_shutdown")
 
 
-async def _janitor(sessions: SessionRepository, liveness: NodeLiveness) -> None:
-    """Sessions never offered expire; calls of nodes that stopped heartbeating end."""
+async def _janitor(sessions: SessionRepository, liveness: NodeLiveness, avatars: AvatarService, stale_s: float) -> None:
+    """Sessions never offered expire; calls of nodes that stopped heartbeating end; their paid avatars stop."""
     while True:
         await asyncio.sleep(min(_JANITOR_INTERVAL_S, liveness.interval_s))
         try:
@@ -190,6 +204,7 @@ async def _janitor(sessions: SessionRepository, liveness: NodeLiveness) -> None:
             # Only a node that has itself reached the database for a whole stale period can tell a
             # silent node from an outage that silenced every node (node_liveness.py).
             await liveness.reap_dead()
+            await avatars.sweep_orphans(stale_s)
         except Exception:  # the database may be away for a while; try again next round
             log.warning("janitor round failed", exc_info=True)
 

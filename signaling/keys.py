@@ -7,6 +7,8 @@ from collections import Counter
 
 from aiohttp import web
 
+from media.agent_sessions import AgentSessionOpener
+from media.avatar_service import AvatarService
 from media.calls import CallRegistry
 from signaling.cluster import Cluster
 from signaling.auth import TOKENS
@@ -30,8 +32,10 @@ CALLS = web.AppKey("calls", CallRegistry)
 USAGE = web.AppKey("usage", UsageRepository)
 QUOTAS = web.AppKey("quotas", QuotaRepository)
 NODES = web.AppKey("nodes", NodeRepository)
+AVATARS = web.AppKey("avatars", AvatarService)
+AGENT_SESSIONS = web.AppKey("agent_sessions", AgentSessionOpener)
 __all__ = [
-    "CALLS", "CLUSTER", "DB", "DRAINING", "MAX_BODY_BYTES", "NODES", "NODE_LIVENESS", "QUOTAS", "SESSIONS", "SESSION_SOCKETS", "SETTINGS", "TOKENS", "USAGE", "USERS", "WEBSOCKETS",
+    "AGENT_SESSIONS", "AVATARS", "CALLS", "CLUSTER", "DB", "DRAINING", "MAX_BODY_BYTES", "NODES", "NODE_LIVENESS", "QUOTAS", "SESSIONS", "SESSION_SOCKETS", "SETTINGS", "TOKENS", "USAGE", "USERS", "WEBSOCKETS",
 ]
 
 WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet)

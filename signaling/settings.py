@@ -15,6 +15,7 @@ from pathlib import Path
 from agent_bridge.config import EngineConfig
 from signaling.limits import Limits
 from signaling.turn import TurnConfig
+from storage.token_cipher import TokenCipher
 
 MIN_JWT_SECRET_BYTES = 32  # HS256 with a shorter secret can be brute-forced offline from one token
 
@@ -78,6 +79,8 @@ class Settings:
     end_of_turn_ms: int = 500  # silence that ends a user's turn
     engines: EngineConfig = field(default_factory=EngineConfig)
     limits: Limits = field(default_factory=Limits)
+    # AVATAR_TOKEN_KEYS (storage/token_cipher.py): the keys of avatar tokens at rest, newest first.
+    avatar_token_keys: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -114,6 +117,7 @@ class Settings:
             end_of_turn_ms=int(environ.get("END_OF_TURN_MS", defaults.end_of_turn_ms)),
             engines=EngineConfig.from_env(environ),
             limits=Limits.from_env(environ),
+            avatar_token_keys=(environ.get("AVATAR_TOKEN_KEYS") or "").strip() or None,
         )
 
     def resolve_jwt_secret(self, *, create: bool | None = None) -> str:
@@ -132,8 +136,21 @@ class Settings:
             handle.write(secret)
         return secret
 
+    def token_cipher(self) -> TokenCipher:
+        """AVATAR_TOKEN_KEYS; in dev mode without them, a key derived from this server's JWT secret."""
+        if self.avatar_token_keys:
+            return TokenCipher.from_env_value(self.avatar_token_keys)
+        if not self.dev_mode:
+            raise RuntimeError("AVATAR_TOKEN_KEYS is not set (only DEV_MODE=1 derives a key)")
+        return TokenCipher.dev(self.resolve_jwt_secret())
+
     def check_safe_to_serve(self) -> None:
         """Refuse settings that would expose the server; raises UnsafeSettings with a one-line reason."""
+        if self.avatar_token_keys:
+            try:
+                TokenCipher.from_env_value(self.avatar_token_keys)
+            except ValueError as exc:
+                raise UnsafeSettings(str(exc)) from None
         if self.dev_mode:
             # Dev mode hands a token to anyone who asks, so it stays on this machine unless told otherwise.
             if not is_loopback_host(self.host) and not self.dev_mode_allow_remote:
@@ -151,3 +168,6 @@ class Settings:
             ) from None
         if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise UnsafeSettings(f"JWT_SECRET is shorter than {MIN_JWT_SECRET_BYTES} bytes; use a longer random secret")
+        if self.engines.avatar_engine == "liveavatar" and not self.avatar_token_keys:
+            raise UnsafeSettings("AVATAR_ENGINE=liveavatar stores session tokens encrypted: set AVATAR_TOKEN_KEYS")
+

@@ -132,6 +132,9 @@ class SessionRepository:
             node_id,
         )
 
+    async def agent_session_of(self, session_id: uuid.UUID) -> str | None:
+        return await self._pool.fetchval("select agent_session_id from user_sessions where id = $1", session_id)
+
     async def set_agent_session(self, session_id: uuid.UUID, agent_session_id: str) -> None:
         await self._pool.execute("update user_sessions set agent_session_id = $2 where id = $1", session_id, agent_session_id)
 
@@ -144,7 +147,7 @@ class SessionRepository:
             session_id,
         )
 
-    async def set_avatar(self, session_id: uuid.UUID, avatar_session_id: str, status: str) -> None:
+    async def set_avatar(self, session_id: uuid.UUID, avatar_session_id: str | None, status: str) -> None:
         await self._pool.execute(
             "update user_sessions set avatar_session_id = $2, avatar_status = $3 where id = $1",
             session_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import math
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -125,15 +126,21 @@ class RtcClient:
     want_video: bool = False  # ask for the avatar
     video_frames: list[np.ndarray] = field(default_factory=list)  # received avatar frames (Y plane)
     video_task: asyncio.Task[None] | None = None
+    video_arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each frame's arrival
+    raw_luma: bool = False  # keep the decoded Y plane itself (no range conversion), to compare pixels exactly
+    keep_video_frames: int | None = None  # keep only the newest N frames (long runs at big sizes)
+    session_body: dict[str, object] = field(default_factory=dict)  # the POST /api/v1/sessions body
+    session: dict[str, object] = field(default_factory=dict)  # its answer
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
     async def create_session(self, http: aiohttp.ClientSession) -> str:
-        async with http.post(f"{self.base_url}/api/v1/sessions", json={}, headers=self.headers) as resp:
+        async with http.post(f"{self.base_url}/api/v1/sessions", json=self.session_body, headers=self.headers) as resp:
             assert resp.status == 201, await resp.text()
-            self.session_id = (await resp.json())["session_id"]
+            self.session = await resp.json()
+            self.session_id = str(self.session["session_id"])
         return self.session_id
 
     async def connect(self, http: aiohttp.ClientSession, *, trickle: bool = True) -> None:
@@ -172,7 +179,13 @@ class RtcClient:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            self.video_frames.append(frame.to_ndarray(format="gray"))
+            self.video_arrivals.append(time.monotonic())
+            if self.raw_luma and frame.format.name == "yuv420p":
+                self.video_frames.append(frame.to_ndarray()[: frame.height].copy())  # the Y plane as sent
+            else:
+                self.video_frames.append(frame.to_ndarray(format="gray"))
+            if self.keep_video_frames is not None and len(self.video_frames) > self.keep_video_frames:
+                del self.video_frames[0]
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         assert self.pc is not None
