@@ -88,6 +88,9 @@ class Conversation(ABC):
         """Begin the conversation on the agent's side (at call start); returns its session id, if it has one."""
         return None
 
+    def resume(self, agent_session_id: str) -> None:
+        """Continue an agent session made earlier (with the user session) instead of starting a new one."""
+
     @abstractmethod
     def reply(self, text: str) -> AsyncIterator[str]:
         """Stream the reply to a user turn as text deltas; closing the iterator ends the request."""

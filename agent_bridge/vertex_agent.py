@@ -220,6 +220,10 @@ class VertexConversation(Conversation):
         self._starting: asyncio.Task[str] | None = None
         self._closed = False
 
+    def resume(self, agent_session_id: str) -> None:
+        if self.agent_session_id is None and self._starting is None:
+            self.agent_session_id = agent_session_id
+
     async def start(self) -> str:
         """Create the agent session (once; calls made meanwhile share it) and return its id."""
         if self._closed:

@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import av
 
 from agent_bridge.interfaces import Transcript
 from agent_bridge.registry import Engines
+from media.agent_sessions import AgentSessionStore
 from media.audio_resample import VAD_RATE, InboundResampler
 from media.engine_fallback import CallEngines
 from media.pipeline import CallPipeline, PipelineContext
@@ -27,8 +28,6 @@ from media.vad import WINDOW_MS, SileroVad
 
 log = logging.getLogger(__name__)
 
-RecordAgentSession = Callable[[uuid.UUID, str], Awaitable[None]]
-
 # Speech is confirmed ~130 ms after it starts; hand STT a little more than that from before.
 _PREROLL_MS = 500
 
@@ -39,15 +38,16 @@ class VoicePipeline(CallPipeline):
         context: PipelineContext,
         engines: Engines,
         turn_config: TurnConfig,
-        record_agent_session: RecordAgentSession | None = None,
+        agent_store: AgentSessionStore | None = None,
     ) -> None:
         self._ctx = context
+        self._speech = context.speech_out
         self._resampler = InboundResampler(VAD_RATE)
         self._vad = SileroVad()
         self._turns = TurnDetector(turn_config)
         self._preroll = PrerollBuffer(VAD_RATE * _PREROLL_MS // 1000)
         self._use = CallEngines(engines, context.session_id, context.user_id, self._on_interim)
-        self._record_agent_session = record_agent_session
+        self._agent_store = agent_store
         self._feeding_stt = False
         # Audio of a pause, held back so a speculative STT pass started at the pause stays exact;
         # given to STT only if speech resumes.
@@ -172,13 +172,18 @@ class VoicePipeline(CallPipeline):
         now = asyncio.get_running_loop().time()
         return await self._start_reply(text, TurnTimer(end_of_speech=None, transcript_ready=now))
 
+    async def speak(self, text: str) -> str:
+        """Say `text` word for word (the avatar's speak endpoint): a reply without the agent."""
+        now = asyncio.get_running_loop().time()
+        return await self._start_reply(text, TurnTimer(end_of_speech=None, transcript_ready=now), scripted=True)
+
     # -- outbound ----------------------------------------------------------------------------
 
-    async def _start_reply(self, text: str, timer: TurnTimer) -> str:
+    async def _start_reply(self, text: str, timer: TurnTimer, *, scripted: bool = False) -> str:
         if self._reply_active():
             self._interrupt("new_turn")
         self._turn_count += 1
-        task = asyncio.ensure_future(self._reply(text, timer, self._turn_count))
+        task = asyncio.ensure_future(self._reply(text, timer, self._turn_count, scripted=scripted))
         self._reply_task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -189,7 +194,7 @@ class VoicePipeline(CallPipeline):
                 return ""  # interrupted by the user: what was said is gone
             raise
 
-    async def _reply(self, text: str, timer: TurnTimer, turn: int) -> str:
+    async def _reply(self, text: str, timer: TurnTimer, turn: int, *, scripted: bool = False) -> str:
         loop = asyncio.get_running_loop()
 
         def first_frame_sent() -> None:
@@ -198,26 +203,28 @@ class VoicePipeline(CallPipeline):
             self._ctx.events.publish("turn_metrics", turn=turn, **timer.as_event())
 
         speaker = ReplySpeaker(
-            self._use.tts, self._ctx.audio_out, self._ctx.events, timer, first_frame_sent, self._publish_error
+            self._use.tts, self._speech, self._ctx.events, timer, first_frame_sent, self._publish_error
         )
         self._speaking.add(speaker)
         try:
             # Closed at once when the reply is cancelled (barge-in), so a cloud agent's stream ends with it.
-            async with contextlib.aclosing(self._use.conversation.reply(text)) as deltas:
+            source = _said_as_is(text) if scripted else self._use.conversation.reply(text)
+            async with contextlib.aclosing(source) as deltas:
                 reply = await speaker.speak(deltas)
         finally:
             self._speaking.discard(speaker)
             self._tts_characters += speaker.characters_synthesized
-        self._ctx.audio_out.when_drained(lambda: self._set_bot_speaking(False))
+        self._speech.end_of_reply()
+        self._speech.when_drained(lambda: self._set_bot_speaking(False))
         return reply
 
     def _reply_active(self) -> bool:
         running = self._reply_task is not None and not self._reply_task.done()
-        return running or self._ctx.audio_out.queued_samples > 0
+        return running or self._speech.queued_samples > 0
 
     def _interrupt(self, reason: str) -> None:
         """Stop the bot at once: unsent audio is dropped within the frame, agent and TTS cancelled."""
-        dropped = self._ctx.audio_out.flush()
+        dropped = self._speech.flush()
         if self._reply_task is not None and not self._reply_task.done():
             self._reply_task.cancel()
         self._set_bot_speaking(False)
@@ -257,15 +264,24 @@ class VoicePipeline(CallPipeline):
         self._spawn(self._start_agent())
 
     async def _start_agent(self) -> None:
-        """One agent session per call (a cloud agent's), its id stored with the user session."""
+        """One agent session per call (a cloud agent's): the one made with the user session, else a new one, stored."""
+        session_id = uuid.UUID(self._ctx.session_id)
+        made_earlier: str | None = None
+        if self._agent_store is not None:
+            try:
+                made_earlier = await self._agent_store.agent_session_of(session_id)
+            except Exception:  # without the stored link the call makes its own agent session
+                log.warning("call %s: reading its agent session failed", self._ctx.session_id, exc_info=True)
+        if made_earlier is not None:
+            self._use.conversation.resume(made_earlier)
         try:
             agent_session_id = await self._use.conversation.start()
         except Exception as exc:
             self._publish_error("agent_failed", exc)
             return
-        if agent_session_id is not None and self._record_agent_session is not None:
+        if agent_session_id is not None and agent_session_id != made_earlier and self._agent_store is not None:
             try:
-                await self._record_agent_session(uuid.UUID(self._ctx.session_id), agent_session_id)
+                await self._agent_store.set_agent_session(session_id, agent_session_id)
             except Exception:  # the call goes on; only the stored link is missing
                 log.warning("call %s: storing agent session %s failed", self._ctx.session_id, agent_session_id, exc_info=True)
 
@@ -274,3 +290,8 @@ class VoicePipeline(CallPipeline):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._use.aclose()
+
+
+async def _said_as_is(text: str) -> AsyncIterator[str]:
+    """A scripted reply: the text itself, as the agent's one delta."""
+    yield text

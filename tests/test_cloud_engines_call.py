@@ -66,13 +66,12 @@ async def test_speech_to_fake_transcript_to_fake_agent_to_fake_voice(
         client, log = await connected_client(http, server)
         session_id = uuid.UUID(client.session_id)
         try:
-            # The agent session is made when the call starts, for this caller, and stored with the session.
-            for _ in range(100):
-                if vertex.created:
-                    break
-                await asyncio.sleep(0.05)
+            # The agent session is made with the user session, for this caller, stored with it, and the call
+            # continues it (no second one).
+            await asyncio.sleep(0.5)
             assert [user for user, _ in vertex.created] == [server.tokens.verify(client.token).user_id]
             agent_session = vertex.created[0][1]
+            assert client.session["agent_session_id"] == agent_session
             await asyncio.sleep(0.3)
             stored = await database.pool.fetchval("select agent_session_id from user_sessions where id = $1", session_id)
             assert stored == agent_session
