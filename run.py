@@ -22,6 +22,8 @@ from signaling.drain import NODE_ID_TAKEN, SIGINT, SIGTERM, wait_for_calls
 from signaling.settings import Settings, UnsafeSettings, default_node_id
 from storage.database import open_database
 from storage.node_lock import NodeIdTaken
+from storage.token_cipher import TokenCipher
+from storage.token_rotation import RotationReport, rotate_tokens
 
 
 async def serve(settings: Settings) -> None:
@@ -77,6 +79,22 @@ async def migrate(settings: Settings) -> None:
     print("migrations applied", flush=True)
 
 
+async def rotate_keys(settings: Settings, cipher: TokenCipher) -> RotationReport:
+    """Re-encrypt every stored avatar token under the newest key (safe while servers run, safe to re-run)."""
+    db = await open_database(settings.database_url, settings.pgdata, migrate=True, max_size=2)
+    try:
+        report = await rotate_tokens(db.pool, cipher)
+    finally:
+        await db.close()
+    print(
+        f"avatar tokens under key {cipher.newest_key_id}: {report.rows_checked} checked, "
+        f"{report.rows_reencrypted} re-encrypted, {report.plaintext_encrypted} plaintext encrypted, "
+        f"{report.failures} failed",
+        flush=True,
+    )
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Realtime voice-and-avatar media server")
     parser.add_argument("--host", help="address to listen on (env HOST, default 127.0.0.1)")
@@ -88,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.add_argument("--admin", action="store_true", help="give the token the admin role")
     commands.add_parser("migrate", help="apply database migrations and exit")
+    commands.add_parser("rotate-keys", help="re-encrypt stored avatar tokens under the first AVATAR_TOKEN_KEYS key")
     args = parser.parse_args(argv)
 
     try:
@@ -108,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
             print(authority.issue(args.user, args.ttl, admin=args.admin))
         elif args.command == "migrate":
             asyncio.run(migrate(settings))
+        elif args.command == "rotate-keys":
+            try:
+                cipher = settings.token_cipher()  # AVATAR_TOKEN_KEYS; in DEV_MODE without them, the dev key
+            except (ValueError, RuntimeError) as exc:  # bad or missing keys: a refusal, one line
+                print(f"refusing to rotate: {exc}", file=sys.stderr)
+                return 2
+            if asyncio.run(rotate_keys(settings, cipher)).failures:
+                return 1  # the rows that failed are logged by id; the rest are done
         else:
             settings.check_safe_to_serve()
             asyncio.run(serve(settings))

@@ -75,6 +75,21 @@ async def send_message(app: web.Application, ref: SessionRef, args: dict[str, An
     return 200, {"text": text, "reply": reply}
 
 
+async def speak(app: web.Application, ref: SessionRef, args: dict[str, Any]) -> OpResult:
+    """The call says the text as it is (the avatar, while it speaks for the call); metered like a reply."""
+    call = app[keys.CALLS].get(ref.session_id)
+    if call is None:
+        raise ApiError(409, "invalid_state", "the call has not been offered yet")
+    text = str(args["text"])
+    try:
+        spoken = await call.speak(text)
+    except CallStateError as exc:
+        raise ApiError(409, "invalid_state", str(exc)) from exc
+    except TextNotSupported as exc:
+        raise ApiError(409, "text_not_supported", str(exc)) from exc
+    return 200, {"text": spoken, "characters": len(spoken), "by": "avatar" if call.avatar_relay is not None and call.avatar_relay.state == "live" else "voice"}
+
+
 async def call_state(app: web.Application, ref: SessionRef, _: dict[str, Any]) -> OpResult:
     call = app[keys.CALLS].get(ref.session_id)
     ended = app[keys.CALLS].end_reason(ref.session_id)
@@ -96,6 +111,7 @@ OPS: dict[str, Op] = {
     "hangup": hang_up,
     "ice": add_candidate,
     "message": send_message,
+    "speak": speak,
     "state": call_state,
     "usage": usage,
 }

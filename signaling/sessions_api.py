@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp import web
 
+from media.avatar_service import QUALITIES, AvatarOpened, AvatarRequest
 from media.call import CallEnded, CallStateError
+from media.call_accounting import AVATAR_USAGE_TYPE
 from media.calls import AtCapacity, CallRegistry
 from media.sdp_check import InvalidOffer
 from signaling import keys
@@ -52,9 +56,35 @@ def _require_open(request: web.Request, record: SessionRecord) -> None:
 
 @routes.post("/api/v1/sessions")
 async def create_session(request: web.Request) -> web.Response:
+    """A user session; with `"avatar": true` also its avatar session, made and linked together."""
+    body = await read_json(request, allow_empty=True)
+    created = await create_user_session(request, avatar_request(body))
+    return web.json_response(created.to_json(), status=201)
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    record: SessionRecord
+    ice_servers: list[dict[str, Any]]
+    avatar: AvatarOpened | None
+    agent_session_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "session_id": str(self.record.id),
+            "ice_servers": self.ice_servers,
+            "expires_at": self.record.expires_at.isoformat(),
+        }
+        if self.agent_session_id is not None:
+            body["agent_session_id"] = self.agent_session_id
+        if self.avatar is not None:
+            body["avatar"] = self.avatar.to_json()
+        return body
+
+
+async def create_user_session(request: web.Request, avatar: AvatarRequest | None) -> CreatedSession:
     request.app[keys.DRAINING].refuse_new_call()  # 503 draining
     principal = principal_of(request)
-    await read_json(request, allow_empty=True)
     await request.app[keys.USERS].ensure(principal.user_id)
     # Refused only for what a call cannot do without; an exhausted avatar quota means no avatar.
     needed = request.app[keys.CALLS].accounting.call_usage_types
@@ -77,14 +107,44 @@ async def create_session(request: web.Request) -> web.Response:
         raise ApiError(
             429, "rate_limited", "too many sessions created in the last minute", retry_after_s=exc.retry_after_s
         ) from exc
-    return web.json_response(
-        {
-            "session_id": str(record.id),
-            "ice_servers": session_ice_servers(settings.ice_servers, settings.turn, principal.user_id, time.time()),
-            "expires_at": record.expires_at.isoformat(),
-        },
-        status=201,
+    # The agent session and the avatar session are made with the user session, side by side.
+    agent_session_id, opened = await asyncio.gather(
+        request.app[keys.AGENT_SESSIONS].open(record.id, principal.user_id),
+        _open_avatar(request, record, avatar, principal.user_id),
     )
+    ice = session_ice_servers(settings.ice_servers, settings.turn, principal.user_id, time.time())
+    return CreatedSession(record, ice, opened, agent_session_id)
+
+
+async def _open_avatar(request: web.Request, record: SessionRecord, avatar: AvatarRequest | None, user_id: str) -> AvatarOpened | None:
+    if avatar is None:
+        return None
+    if await request.app[keys.QUOTAS].exhausted_types(user_id, (AVATAR_USAGE_TYPE,)):
+        return AvatarOpened(request.app[keys.AVATARS].engine, "unavailable", error="quota_exceeded")
+    # The avatar may live as long as a call offered at the last moment: the sweeper stops it after.
+    longest_call_s = request.app[keys.SETTINGS].limits.call.max_call_seconds or 24 * 3600
+    expires_at = record.expires_at + timedelta(seconds=longest_call_s)
+    return await request.app[keys.AVATARS].open(record.id, avatar, expires_at)
+
+
+def avatar_request(body: dict[str, Any]) -> AvatarRequest | None:
+    """`avatar`, `avatar_id`, `quality`, `voice_id` of a session's body; None when no avatar is asked for."""
+    wanted = body.get("avatar", False)
+    if not isinstance(wanted, bool):
+        raise ApiError(400, "invalid_avatar", "`avatar` must be true or false")
+    if not wanted:
+        return None
+    return avatar_fields(body)
+
+
+def avatar_fields(body: dict[str, Any]) -> AvatarRequest:
+    avatar_id, quality, voice_id = body.get("avatar_id"), body.get("quality", "medium"), body.get("voice_id")
+    for name, value in (("avatar_id", avatar_id), ("voice_id", voice_id)):
+        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > 255):
+            raise ApiError(400, "invalid_avatar", f"`{name}` must be a non-empty string of at most 255 characters")
+    if quality not in QUALITIES:
+        raise ApiError(400, "invalid_avatar", f"`quality` must be one of: {', '.join(QUALITIES)}")
+    return AvatarRequest(avatar_id.strip() if avatar_id else None, quality, voice_id.strip() if voice_id else None)
 
 
 @routes.post("/api/v1/sessions/{session_id}/offer")

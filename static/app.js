@@ -136,7 +136,9 @@ async function connect() {
   setStatus("connecting");
   try {
     window.voiceCall.token = await accessToken();
-    const session = await api("POST", "/api/v1/sessions", {});
+    // The avatar (rendered here, or the LiveAvatar relayed through this server); `?avatar=0` calls with voice only.
+    const wantAvatar = new URLSearchParams(location.search).get("avatar") !== "0";
+    const session = await api("POST", "/api/v1/sessions", { avatar: wantAvatar });
     window.voiceCall.sessionId = session.session_id;
     const base = `/api/v1/sessions/${session.session_id}`;
 
