@@ -21,6 +21,10 @@ from signaling.settings import Settings
 from storage.database import Database, open_database
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# tests/netns/ runs inside a network namespace of its own, file by file (tests/test_netns_suites.py);
+# the main run does not collect it a second time.
+collect_ignore_glob = [] if os.environ.get("NETNS_INSIDE") == "1" else ["netns/test_*.py"]
 TEST_JWT_SECRET = "test-secret-" + "x" * 32
 
 
