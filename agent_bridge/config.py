@@ -22,6 +22,7 @@ class EngineConfig:
     avatar_engine: str = "rendered"
     # Whisper (offline speech-to-text).
     whisper_cpu_threads: int = 1
+    whisper_workers: int = 2  # deciding passes (speculative and final) that run side by side
     # Piper (offline text-to-speech); None means the bundled "joe" voice.
     piper_model_path: str | None = None
     piper_config_path: str | None = None
@@ -62,6 +63,7 @@ class EngineConfig:
             agent_engine=_name(environ, "AGENT_ENGINE", defaults.agent_engine),
             avatar_engine=_name(environ, "AVATAR_ENGINE", defaults.avatar_engine),
             whisper_cpu_threads=_positive_int(environ, "WHISPER_CPU_THREADS", defaults.whisper_cpu_threads),
+            whisper_workers=_positive_int(environ, "WHISPER_WORKERS", defaults.whisper_workers),
             piper_model_path=piper_model,
             piper_config_path=piper_config,
             piper_cpu_threads=_positive_int(environ, "PIPER_CPU_THREADS", defaults.piper_cpu_threads),

