@@ -24,6 +24,7 @@ from media.preroll import PrerollBuffer
 from media.reply_speaker import ReplySpeaker
 from media.turn_detector import TurnConfig, TurnDetector, TurnEvent, TurnEventType
 from media.turn_metrics import TurnTimer
+from media.utterance_join import UtteranceJoin
 from media.vad import WINDOW_MS, SileroVad
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class VoicePipeline(CallPipeline):
         self._turn_count = 0
         self._tts_characters = 0  # of finished replies
         self._speaking: set[ReplySpeaker] = set()  # replies still being spoken
+        self._join = UtteranceJoin()
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -91,6 +93,9 @@ class VoicePipeline(CallPipeline):
 
     def _on_turn_event(self, event: TurnEvent) -> None:
         if event.type is TurnEventType.SPEECH_STARTED:
+            if not event.cut:
+                # Spoke on before the last utterance's answer began: it joins this one.
+                self._said = self._join.speech_started() + self._said
             if self._reply_active():
                 self._interrupt("barge_in")
             if event.cut:
@@ -124,7 +129,7 @@ class VoicePipeline(CallPipeline):
                 return  # the utterance may go on: it is answered once it ends
             self._ctx.events.publish("user_speaking", speaking=False)
             said, self._said = self._said, []
-            self._spawn(self._answer(said, self._wall_time_of(event.speech_end_ms)))
+            self._join.answering(self._spawn(self._answer(said, self._wall_time_of(event.speech_end_ms))), said)
 
     def _push_stt(self, pcm: bytes) -> None:
         if self._closing_turns:
@@ -157,23 +162,30 @@ class VoicePipeline(CallPipeline):
     async def _answer(self, said: list[asyncio.Task[Transcript | None]], end_of_speech: float) -> None:
         """Reply to an utterance: the transcripts of its turns, one, or several if it was cut."""
         timer = TurnTimer(end_of_speech=end_of_speech)
-        texts = [t.text for t in await asyncio.gather(*said) if t is not None]
+        # asyncio.wait, not gather: if this answer is dropped (the user spoke on), the transcripts live on.
+        if said:
+            await asyncio.wait(said)
+        heard = [t.result() for t in said if not t.cancelled() and t.exception() is None]
+        texts = self._join.take_carried() + [t.text for t in heard if t is not None]
         if not texts:
             return
         text = " ".join(texts)
         timer.transcript_ready = asyncio.get_running_loop().time()
         self._ctx.events.publish("transcript", text=text, final=True)
+        self._join.reply_started(text, end_of_speech)
         await self._start_reply(text, timer)
 
     # -- text chat ---------------------------------------------------------------------------
 
     async def handle_text(self, text: str) -> str:
         self._ctx.events.publish("transcript", text=text, final=True, source="chat")
+        self._join.reply_started(text, None)
         now = asyncio.get_running_loop().time()
         return await self._start_reply(text, TurnTimer(end_of_speech=None, transcript_ready=now))
 
     async def speak(self, text: str) -> str:
         """Say `text` word for word (the avatar's speak endpoint): a reply without the agent."""
+        self._join.reply_started(text, None)
         now = asyncio.get_running_loop().time()
         return await self._start_reply(text, TurnTimer(end_of_speech=None, transcript_ready=now), scripted=True)
 
@@ -227,6 +239,8 @@ class VoicePipeline(CallPipeline):
         dropped = self._speech.flush()
         if self._reply_task is not None and not self._reply_task.done():
             self._reply_task.cancel()
+        if reason == "barge_in":
+            self._join.reply_interrupted(asyncio.get_running_loop().time())
         self._set_bot_speaking(False)
         self._ctx.events.publish("interrupted", reason=reason, dropped_ms=dropped * 1000 // 48_000)
 
