@@ -1,0 +1,230 @@
+"""One load-generator process: many calls in one asyncio loop, cheap enough not to be what saturates.
+
+Each call is a real aiortc peer connection (ICE, DTLS, SRTP) whose outbound track hands the sender
+pre-encoded Opus packets (aiortc only packetizes them) and whose receiver is tapped before its jitter
+buffer and decoder: inbound RTP is timed and counted, never decoded.
+
+Driven by bench/load.py over stdin/stdout, one JSON object per line:
+  out {"type": "ready", "setup": [...], "failed": n}   all calls connected and hearing the server
+  in  "start"                                            the measuring window opens
+  in  "stop"  -> out {"type": "stats", ...}              it closes: what each call received in it
+  in  "quit"                                             hang up and exit
+Usage: python -m bench.load_client --url URL [--token T] --calls N --mode speaking|listening [--voice]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from array import array
+
+import aiohttp
+import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
+
+from bench.load_audio import FRAME, TIME_BASE, clip
+
+FRAME_S = 0.02
+LATE_MS = 40.0  # beyond the 20 ms cadence
+
+
+class PacketTrack(MediaStreamTrack):
+    """Loops over ready Opus payloads, one every 20 ms on the loop's clock, from a random place."""
+
+    kind = "audio"
+
+    def __init__(self, packets: list[bytes]) -> None:
+        super().__init__()
+        self._packets = packets
+        self._next = random.randrange(len(packets))  # calls do not all speak in step
+        self._start: float | None = None
+        self.sent = 0
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        delay = self._start + self.sent * FRAME_S - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        packet = av.Packet(self._packets[self._next])
+        packet.pts = self.sent * FRAME
+        packet.time_base = TIME_BASE
+        self._next = (self._next + 1) % len(self._packets)
+        self.sent += 1
+        return packet
+
+
+class Arrivals:
+    """The server's RTP as it arrives: gaps, late frames and sequence gaps, inside the window only."""
+
+    def __init__(self) -> None:
+        self.first_at: float | None = None
+        self.got_first = asyncio.Event()
+        self.recording = False
+        self._ext_seq = -1  # unwrapped sequence number of the newest packet
+        self._prev_at = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.received = 0
+        self.payload_bytes = 0
+        self.late = 0
+        self.min_seq: int | None = None
+        self.max_seq = -1
+        self.gaps_ms = array("f")
+
+    async def on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        now = time.monotonic()
+        if self.first_at is None:
+            self.first_at = now
+            self.got_first.set()
+        if self._ext_seq < 0:
+            seq, delta = packet.sequence_number, 1
+        else:
+            delta = (packet.sequence_number - self._ext_seq + 0x8000) % 0x10000 - 0x8000
+            seq = self._ext_seq + delta
+        if self.recording:
+            self.received += 1
+            self.payload_bytes += len(packet.payload)
+            self.min_seq = seq if self.min_seq is None else min(self.min_seq, seq)
+            self.max_seq = max(self.max_seq, seq)
+            if delta > 0 and self._prev_at:
+                gap = (now - self._prev_at) * 1000
+                self.gaps_ms.append(gap)
+                # Late: more than 40 ms after the cadence said, counted from the previous frame's
+                # arrival. Frames lost in between count as lost: the hole they leave is not lateness.
+                if gap - 20.0 * delta > LATE_MS:
+                    self.late += 1
+        if delta > 0:
+            self._ext_seq = seq
+            self._prev_at = now
+
+
+class LoadCall:
+    def __init__(self, base_url: str, headers: dict[str, str], packets: list[bytes]) -> None:
+        self.base_url = base_url
+        self.headers = headers
+        self.track = PacketTrack(packets)
+        self.arrivals = Arrivals()
+        self.pc: RTCPeerConnection | None = None
+        self.session_id = ""
+        self.offer_answer_ms = 0.0
+        self.first_frame_ms = 0.0
+        self._lost_at_start = 0
+        self._sent_at_start = 0
+
+    async def connect(self, http: aiohttp.ClientSession) -> None:
+        created = time.monotonic()
+        async with http.post(f"{self.base_url}/api/v1/sessions", json={}, headers=self.headers) as resp:
+            assert resp.status == 201, await resp.text()
+            self.session_id = str((await resp.json())["session_id"])
+        pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTrack(self.track)
+        # Replace (not wrap) the receiver's handler: nothing reaches its jitter buffer or decoder.
+        pc.getTransceivers()[0].receiver._handle_rtp_packet = self.arrivals.on_rtp  # type: ignore[method-assign]
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+        sent = time.monotonic()
+        url = f"{self.base_url}/api/v1/sessions/{self.session_id}/offer"
+        async with http.post(url, json=offer, headers=self.headers) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = await resp.json()
+        self.offer_answer_ms = (time.monotonic() - sent) * 1000
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        await asyncio.wait_for(self.arrivals.got_first.wait(), 20)
+        assert self.arrivals.first_at is not None
+        self.first_frame_ms = (self.arrivals.first_at - created) * 1000
+
+    async def _inbound_lost(self) -> int:
+        """Packets the server's receiver counted lost (its RTCP receiver reports, cumulative)."""
+        assert self.pc is not None
+        report = await self.pc.getSenders()[0].getStats()
+        return max((s.packetsLost for s in report.values() if s.type == "remote-inbound-rtp"), default=0)
+
+    async def start_window(self) -> None:
+        self._lost_at_start = await self._inbound_lost()
+        self._sent_at_start = self.track.sent
+        self.arrivals.reset()
+        self.arrivals.recording = True
+
+    async def stop_window(self) -> dict[str, object]:
+        self.arrivals.recording = False
+        a = self.arrivals
+        return {
+            "sent": self.track.sent - self._sent_at_start,
+            "inbound_lost": await self._inbound_lost() - self._lost_at_start,
+            "received": a.received,
+            "payload_bytes": a.payload_bytes,
+            "late": a.late,
+            "outbound_lost": max(0, a.max_seq - a.min_seq + 1 - a.received) if a.min_seq is not None else 0,
+            "gaps_ms": [round(g, 2) for g in a.gaps_ms],
+        }
+
+    async def hangup(self, http: aiohttp.ClientSession) -> None:
+        try:
+            url = f"{self.base_url}/api/v1/sessions/{self.session_id}"
+            async with http.delete(url, headers=self.headers) as resp:
+                await resp.read()
+        finally:
+            if self.pc is not None:
+                await self.pc.close()
+
+
+def emit(message: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def run(url: str, token: str, calls: int, mode: str, voice: bool) -> None:
+    packets = clip(mode, voice=voice)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as http:
+        live: list[LoadCall] = []
+        failed = 0
+        for _ in range(calls):  # one at a time: each set-up figure is one call's own
+            call = LoadCall(url, headers, packets)
+            try:
+                await call.connect(http)
+                live.append(call)
+            except Exception as exc:  # noqa: BLE001 - a failed call is reported, the others go on
+                failed += 1
+                print(f"load_client: call failed: {exc!r}", file=sys.stderr)
+        emit({"type": "ready", "failed": failed,
+              "setup": [{"offer_answer_ms": c.offer_answer_ms, "first_frame_ms": c.first_frame_ms} for c in live]})  # fmt: skip
+        started = time.monotonic()
+        while (command := (await loop.run_in_executor(None, sys.stdin.readline)).strip()) != "quit":
+            if command == "start":
+                started = time.monotonic()
+                await asyncio.gather(*(c.start_window() for c in live))
+            elif command == "stop":
+                seconds = time.monotonic() - started
+                stats = await asyncio.gather(*(c.stop_window() for c in live))
+                emit({"type": "stats", "seconds": seconds, "calls": stats})
+            elif not command:
+                break  # the driver went away
+        await asyncio.gather(*(c.hangup(http) for c in live), return_exceptions=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--token", default="")
+    parser.add_argument("--calls", type=int, required=True)
+    parser.add_argument("--mode", choices=("speaking", "listening"), default="speaking")
+    parser.add_argument("--voice", action="store_true", help="speech the cloud fakes transcribe, with room for replies")
+    args = parser.parse_args()
+    asyncio.run(run(args.url, args.token, args.calls, args.mode, args.voice))
+
+
+if __name__ == "__main__":
+    main()

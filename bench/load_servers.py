@@ -1,0 +1,139 @@
+"""The servers bench/load.py compares, each started as its own process tree pinned to one core.
+
+ours: run.py (PIPELINE=loopback, or voice on the cloud fakes; DEV_MODE=1, limits off), with the
+embedded Postgres it starts.
+aiortc: bench/aiortc_echo_server.py under this venv. pipecat: bench/pipecat_echo_server.py under
+Pipecat's own venv (PIPECAT_PYTHON, default /tmp/pipecat-venv/bin/python).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from bench.server_process import free_port, server_process
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_CORE = 0
+PIPECAT_PYTHON = Path(os.environ.get("PIPECAT_PYTHON", "/tmp/pipecat-venv/bin/python"))
+SERVERS = ("ours", "aiortc", "pipecat")
+
+
+def load_cores() -> set[int]:
+    """Every core but the server's: the load generators and this driver run there."""
+    cores = set(range(os.cpu_count() or 1)) - {SERVER_CORE}
+    if not cores:
+        raise SystemExit("bench/load.py needs two cores: one for the server, one for the load")
+    return cores
+
+
+@dataclass
+class Server:
+    name: str
+    base_url: str
+    pid: int
+    token: str = ""
+    pipeline: str = "loopback"
+
+    def tree(self) -> list[psutil.Process]:
+        """The server, every process under it, and ours' embedded Postgres, as they are now.
+
+        The embedded Postgres daemonizes (its parent becomes init), so it is found by the PORT its
+        environment inherited from the server; its backends are its children.
+        """
+        root = psutil.Process(self.pid)
+        procs = [root, *root.children(recursive=True)]
+        port = self.base_url.rsplit(":", 1)[-1]
+        for proc in psutil.process_iter(["name"]):
+            try:
+                if proc.info["name"] == "postgres" and proc.ppid() == 1 and proc.environ().get("PORT") == port:
+                    procs += [proc, *proc.children(recursive=True)]
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return procs
+
+    def pin(self) -> None:
+        for proc in self.tree():
+            proc.cpu_affinity([SERVER_CORE])
+
+
+def skip_reason(name: str) -> str | None:
+    """Why a server cannot run here, or None."""
+    if name == "pipecat" and not PIPECAT_PYTHON.exists():
+        return (
+            f"no Pipecat venv at {PIPECAT_PYTHON}: python3.11 -m venv /tmp/pipecat-venv && "
+            "/tmp/pipecat-venv/bin/pip install 'pipecat-ai[webrtc]' (or set PIPECAT_PYTHON)"
+        )
+    return None
+
+
+@contextmanager
+def _script_server(python: Path | str, script: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    env = {**os.environ, "LOGURU_LEVEL": "WARNING"}  # Pipecat logs at DEBUG from its import on
+    args = [str(python), str(ROOT / "bench" / script), "--port", str(port)]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("Serving on "):
+            raise RuntimeError(f"{script} did not start: {line!r}")
+        yield line.split()[-1], proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _dev_token(base_url: str) -> str:
+    async with aiohttp.ClientSession() as http, http.post(f"{base_url}/dev/token", json={"user_id": "bench-load"}) as resp:
+        return str((await resp.json())["access_token"])
+
+
+@contextmanager
+def started(name: str, pipeline: str = "loopback") -> Iterator[Server]:
+    """Start one server on the server core (children inherit the affinity at fork) and yield it.
+
+    pipeline "voice" (ours only): the voice loop with the cloud engines pointed at local fakes, which
+    run in a thread of this driver, on the load cores.
+    """
+    with ExitStack() as stack:
+        env: dict[str, str] = {}
+        if pipeline == "voice":
+            if name != "ours":
+                raise ValueError("only our server has a voice pipeline")
+            # grpc and Google's packages, imported only when asked for
+            from bench.cloud_fakes import cloud_fakes
+
+            env = stack.enter_context(cloud_fakes())  # before pinning: its thread stays on the load cores
+        os.sched_setaffinity(0, {SERVER_CORE})
+        try:
+            if name == "ours":
+                context = server_process(PIPELINE=pipeline, **env)
+            elif name == "aiortc":
+                context = _script_server(sys.executable, "aiortc_echo_server.py")
+            elif name == "pipecat":
+                context = _script_server(PIPECAT_PYTHON, "pipecat_echo_server.py")
+            else:
+                raise ValueError(f"unknown server {name!r}")
+            base_url, proc = stack.enter_context(context)
+        finally:
+            os.sched_setaffinity(0, load_cores())
+        server = Server(name, base_url, proc.pid, pipeline=pipeline)
+        server.pin()
+        if name == "ours":
+            server.token = asyncio.run(_dev_token(base_url))
+        yield server
