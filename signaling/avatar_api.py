@@ -15,7 +15,7 @@ from aiohttp import web
 from signaling import keys
 from signaling.auth import principal_of
 from signaling.errors import ApiError, read_json
-from signaling.sessions_api import avatar_fields, create_user_session, op_response, run_op
+from signaling.sessions_api import avatar_fields, create_user_session, op_response, read_text, run_op
 from storage.avatar_sessions import AvatarSessionRecord
 from storage.sessions import SessionRecord
 
@@ -84,19 +84,13 @@ async def get_avatar_session(request: web.Request) -> web.Response:
 @routes.post("/api/v1/avatar/sessions/{avatar_session_id}/speak")
 async def speak(request: web.Request) -> web.Response:
     """The avatar says `text` on the live call, word for word; metered like any reply."""
-    record, session = await _load(request)
-    body = await read_json(request)
-    text = body.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise ApiError(400, "invalid_text", "`text` must be a non-empty string")
-    max_chars = request.app[keys.SETTINGS].limits.max_message_chars
-    if max_chars and len(text) > max_chars:
-        raise ApiError(400, "invalid_text", f"`text` is longer than {max_chars} characters")
+    _, session = await _load(request)
+    text = await read_text(request)
     if session.status == "ended":
         raise ApiError(409, "session_ended", f"the session has ended ({session.end_reason})")
     if session.status == "created":
         raise ApiError(409, "invalid_state", "the avatar session's call has not been offered yet")
-    return op_response(await run_op(request, session, "speak", {"text": text.strip()}))
+    return op_response(await run_op(request, session, "speak", {"text": text}))
 
 
 @routes.delete("/api/v1/avatar/sessions/{avatar_session_id}")

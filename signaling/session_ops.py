@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from media.call import CallStateError
+from media.call import Call, CallStateError
 from media.call_usage import usage_summary
 from media.ice_candidates import IceCandidateInit, InvalidCandidate
 from media.pipeline import TextNotSupported
@@ -61,33 +61,30 @@ async def add_candidate(app: web.Application, ref: SessionRef, args: dict[str, A
     return 204, None
 
 
-async def send_message(app: web.Application, ref: SessionRef, args: dict[str, Any]) -> OpResult:
+async def _text_to_call(app: web.Application, ref: SessionRef, say: Callable[[Call, str], Awaitable[str]], text: str) -> tuple[Call, str]:
+    """Give `text` to the session's call (`say` picks what the call does with it); its answer, or the 409 why not."""
     call = app[keys.CALLS].get(ref.session_id)
     if call is None:
         raise ApiError(409, "invalid_state", "the call has not been offered yet")
-    text = str(args["text"])
     try:
-        reply = await call.send_text(text)
+        return call, await say(call, text)
     except CallStateError as exc:
         raise ApiError(409, "invalid_state", str(exc)) from exc
     except TextNotSupported as exc:
         raise ApiError(409, "text_not_supported", str(exc)) from exc
+
+
+async def send_message(app: web.Application, ref: SessionRef, args: dict[str, Any]) -> OpResult:
+    text = str(args["text"])
+    _, reply = await _text_to_call(app, ref, Call.send_text, text)
     return 200, {"text": text, "reply": reply}
 
 
 async def speak(app: web.Application, ref: SessionRef, args: dict[str, Any]) -> OpResult:
     """The call says the text as it is (the avatar, while it speaks for the call); metered like a reply."""
-    call = app[keys.CALLS].get(ref.session_id)
-    if call is None:
-        raise ApiError(409, "invalid_state", "the call has not been offered yet")
-    text = str(args["text"])
-    try:
-        spoken = await call.speak(text)
-    except CallStateError as exc:
-        raise ApiError(409, "invalid_state", str(exc)) from exc
-    except TextNotSupported as exc:
-        raise ApiError(409, "text_not_supported", str(exc)) from exc
-    return 200, {"text": spoken, "characters": len(spoken), "by": "avatar" if call.avatar_relay is not None and call.avatar_relay.state == "live" else "voice"}
+    call, spoken = await _text_to_call(app, ref, Call.speak, str(args["text"]))
+    by_avatar = call.avatar_relay is not None and call.avatar_relay.state == "live"
+    return 200, {"text": spoken, "characters": len(spoken), "by": "avatar" if by_avatar else "voice"}
 
 
 async def call_state(app: web.Application, ref: SessionRef, _: dict[str, Any]) -> OpResult:

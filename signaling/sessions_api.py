@@ -194,15 +194,20 @@ async def post_ice(request: web.Request) -> web.Response:
 async def post_message(request: web.Request) -> web.Response:
     """A typed turn: the agent replies, the reply is spoken on the call and returned here."""
     _, record = await load_session(request)
-    body = await read_json(request)
-    text = body.get("text")
+    text = await read_text(request)
+    _require_open(request, record)
+    return op_response(await run_op(request, record, "message", {"text": text}, timeout=MESSAGE_TIMEOUT_S))
+
+
+async def read_text(request: web.Request) -> str:
+    """The body's `text`, stripped: a non-empty string within MAX_MESSAGE_CHARS, else 400 `invalid_text`."""
+    text = (await read_json(request)).get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "invalid_text", "`text` must be a non-empty string")
     max_chars = request.app[keys.SETTINGS].limits.max_message_chars
     if max_chars and len(text) > max_chars:
         raise ApiError(400, "invalid_text", f"`text` is longer than {max_chars} characters")
-    _require_open(request, record)
-    return op_response(await run_op(request, record, "message", {"text": text.strip()}, timeout=MESSAGE_TIMEOUT_S))
+    return text.strip()
 
 
 @routes.get("/api/v1/sessions/{session_id}")
