@@ -16,7 +16,7 @@ from agent_bridge.config import EngineConfig
 from agent_bridge.liveavatar.settings import LiveAvatarSettings
 from signaling.settings import Settings
 from storage.database import Database
-from tests.conftest import RunningServer, server_settings, start_server
+from tests.conftest import RunningServer, server_settings
 from tests.fakes.liveavatar_fake import DEFAULT_API_KEY, FakeLiveAvatar
 from tests.fakes.livekit_fake import FakeLiveKitServer, read_pattern
 from tests.netns import NETNS_ADDRESS
@@ -101,9 +101,3 @@ async def events_socket(server: RunningServer, http: aiohttp.ClientSession, clie
     url = f"{server.base_url}/api/v1/sessions/{client.session_id}/events?access_token={client.token}"
     return await http.ws_connect(url.replace("http", "ws", 1))
 
-
-async def start(settings: Settings) -> tuple[Any, RunningServer]:
-    return await start_server(settings)
-
-
-__all__ = ["NETNS_ADDRESS", "start"]

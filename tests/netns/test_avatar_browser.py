@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,10 @@ import pytest
 from signaling import keys
 from storage.database import Database
 from tests.browser import chromium_args, require_chromium, write_wav
+from tests.conftest import start_server
 from tests.fakes.liveavatar_fake import FakeLiveAvatar
 from tests.fakes.livekit_fake import FakeLiveKitServer, read_pattern
-from tests.netns.avatar_setup import avatar_settings, start, start_fakes, stops_of, until
+from tests.netns.avatar_setup import avatar_settings, stops_of, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -38,14 +38,6 @@ LUMA_JS = """
 """
 
 
-@pytest.fixture(scope="module")
-async def fakes() -> AsyncIterator[tuple[FakeLiveKitServer, FakeLiveAvatar]]:
-    livekit, liveavatar = await start_fakes()
-    yield livekit, liveavatar
-    await liveavatar.close()
-    await livekit.aclose()
-
-
 async def test_the_page_shows_the_relayed_avatar(
     database: Database, tmp_path: Path, fakes: tuple[FakeLiveKitServer, FakeLiveAvatar]
 ) -> None:
@@ -53,7 +45,7 @@ async def test_the_page_shows_the_relayed_avatar(
     from playwright.async_api import async_playwright
 
     _, liveavatar = fakes
-    runner, server = await start(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback"))
+    runner, server = await start_server(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback"))
     rate = 48_000
     t = np.arange(rate * 10) / rate
     tone = write_wav(tmp_path / "tone.wav", 9000 * np.sin(2 * np.pi * 440 * t), rate)

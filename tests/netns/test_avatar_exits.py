@@ -15,7 +15,7 @@ from signaling import keys
 from signaling.limits import Limits
 from media.call_limits import CallLimits
 from storage.database import Database
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
 from tests.fakes.liveavatar_fake import FakeLiveAvatar
 from tests.fakes.livekit_fake import FakeLiveKitServer
 from tests.netns.avatar_setup import (
@@ -24,7 +24,6 @@ from tests.netns.avatar_setup import (
     events_socket,
     heygen_session_of,
     relayed_frames,
-    start,
     start_fakes,
     stops_of,
     until,
@@ -39,19 +38,11 @@ NO_LIMITS = Limits(max_calls_per_user=0, rate_limit_sessions_per_minute=0, rate_
 
 
 @pytest.fixture(scope="module")
-async def fakes() -> AsyncIterator[tuple[FakeLiveKitServer, FakeLiveAvatar]]:
-    livekit, liveavatar = await start_fakes()
-    yield livekit, liveavatar
-    await liveavatar.close()
-    await livekit.aclose()
-
-
-@pytest.fixture(scope="module")
 async def server(
     database: Database, tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeLiveKitServer, FakeLiveAvatar]
 ) -> AsyncIterator[RunningServer]:
     settings = avatar_settings(database, tmp_path_factory.mktemp("exits"), fakes[1], pipeline="loopback", quota_chunk_seconds=1.0)
-    runner, running = await start(settings)
+    runner, running = await start_server(settings)
     yield running
     await runner.cleanup()
 
@@ -99,7 +90,7 @@ async def test_peer_gone_stops_the_avatar(
 ) -> None:
     _, liveavatar = fakes
     limits = Limits(**{**NO_LIMITS.__dict__, "call": CallLimits(media_timeout_s=1.5)})
-    runner, server = await start(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback", limits=limits))
+    runner, server = await start_server(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback", limits=limits))
     try:
         # The browser's microphone goes silent for good and nothing says goodbye (a crashed tab, a lost network).
         client, sid = await live_avatar(server, http, source=PcmSourceTrack(sine(440, 1.0), end_when_done=True))
@@ -115,7 +106,7 @@ async def test_max_call_duration_stops_the_avatar(
 ) -> None:
     _, liveavatar = fakes
     limits = Limits(**{**NO_LIMITS.__dict__, "call": CallLimits(max_call_seconds=4)})
-    runner, server = await start(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback", limits=limits))
+    runner, server = await start_server(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback", limits=limits))
     try:
         client, sid = await live_avatar(server, http)
         await wait_stopped(liveavatar, database, sid)
@@ -129,7 +120,7 @@ async def test_server_shutdown_stops_the_avatar(
     database: Database, tmp_path: Path, fakes: tuple[FakeLiveKitServer, FakeLiveAvatar], http: aiohttp.ClientSession
 ) -> None:
     _, liveavatar = fakes
-    runner, server = await start(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback"))
+    runner, server = await start_server(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback"))
     client, sid = await live_avatar(server, http)
     await runner.cleanup()  # drain: the calls end, then the server goes
     await wait_stopped(liveavatar, database, sid)
@@ -265,7 +256,7 @@ async def test_max_session_duration_ends_the_avatar_and_the_call_goes_on(
 ) -> None:
     livekit, liveavatar = await start_fakes()
     liveavatar.max_session_duration_s = 3
-    runner, server = await start(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback"))
+    runner, server = await start_server(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback"))
     try:
         client, sid = await live_avatar(server, http)
         events, task = await follow(server, http, client)
@@ -286,7 +277,7 @@ async def test_without_fallback_a_failed_avatar_stops_the_video(
     database: Database, tmp_path: Path, fakes: tuple[FakeLiveKitServer, FakeLiveAvatar], http: aiohttp.ClientSession
 ) -> None:
     _, liveavatar = fakes
-    runner, server = await start(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback", avatar_fallback="none"))
+    runner, server = await start_server(avatar_settings(database, tmp_path, liveavatar, pipeline="loopback", avatar_fallback="none"))
     try:
         client, sid = await live_avatar(server, http)
         events, task = await follow(server, http, client)

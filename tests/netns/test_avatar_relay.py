@@ -14,7 +14,7 @@ import pytest
 
 from signaling import keys
 from storage.database import Database
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
 from tests.fakes.liveavatar_fake import FakeLiveAvatar
 from tests.fakes.livekit_fake import FakeLiveKitServer
 from tests.netns.avatar_setup import (
@@ -24,8 +24,6 @@ from tests.netns.avatar_setup import (
     heygen_session_of,
     relayed_frames,
     sound_ms,
-    start,
-    start_fakes,
     stops_of,
     until,
     until_async,
@@ -36,19 +34,11 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture(scope="module")
-async def fakes() -> AsyncIterator[tuple[FakeLiveKitServer, FakeLiveAvatar]]:
-    livekit, liveavatar = await start_fakes()
-    yield livekit, liveavatar
-    await liveavatar.close()
-    await livekit.aclose()
-
-
-@pytest.fixture(scope="module")
 async def voice_avatar_server(
     database: Database, tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeLiveKitServer, FakeLiveAvatar]
 ) -> AsyncIterator[RunningServer]:
     settings = avatar_settings(database, tmp_path_factory.mktemp("avatar"), fakes[1], pipeline="voice")
-    runner, server = await start(settings)
+    runner, server = await start_server(settings)
     yield server
     await runner.cleanup()
 

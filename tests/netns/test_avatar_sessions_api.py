@@ -12,10 +12,10 @@ import pytest
 
 from signaling import keys
 from storage.database import Database
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
 from tests.fakes.liveavatar_fake import DEFAULT_API_KEY, FakeLiveAvatar
 from tests.fakes.livekit_fake import FakeLiveKitServer
-from tests.netns.avatar_setup import avatar_settings, relayed_frames, start, start_fakes, stops_of, until, until_async
+from tests.netns.avatar_setup import avatar_settings, relayed_frames, stops_of, until, until_async
 from tests.rtc_client import PcmSourceTrack, RtcClient, sine
 from tests.test_metering_processes import ServerProcess
 
@@ -23,18 +23,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture(scope="module")
-async def fakes() -> AsyncIterator[tuple[FakeLiveKitServer, FakeLiveAvatar]]:
-    livekit, liveavatar = await start_fakes()
-    yield livekit, liveavatar
-    await liveavatar.close()
-    await livekit.aclose()
-
-
-@pytest.fixture(scope="module")
 async def server(
     database: Database, tmp_path_factory: pytest.TempPathFactory, fakes: tuple[FakeLiveKitServer, FakeLiveAvatar]
 ) -> AsyncIterator[RunningServer]:
-    runner, running = await start(avatar_settings(database, tmp_path_factory.mktemp("seed"), fakes[1], pipeline="voice"))
+    runner, running = await start_server(avatar_settings(database, tmp_path_factory.mktemp("seed"), fakes[1], pipeline="voice"))
     yield running
     await runner.cleanup()
 
