@@ -184,15 +184,18 @@ class AvatarRelay:
         return float(max_s) if max_s else None
 
     async def _first_frame(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + FIRST_MEDIA_TIMEOUT_S
-        while not self.video.has_frames:
-            if self._lost is not None and self._lost.done():
-                reason, message = self._lost.result()
-                raise AvatarFailed(reason, message)
-            if loop.time() > deadline:
-                raise AvatarFailed("no_video", "the avatar sent no video")
-            await asyncio.sleep(0.02)
+        """Until the avatar's first frame is in; AvatarFailed if the relay is lost or no frame comes in time."""
+        assert self._lost is not None
+        shown = asyncio.ensure_future(self.video.first_frame.wait())
+        try:
+            await asyncio.wait({shown, self._lost}, timeout=FIRST_MEDIA_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            shown.cancel()
+        if self.video.first_frame.is_set():
+            return
+        if self._lost.done():
+            raise AvatarFailed(*self._lost.result())
+        raise AvatarFailed("no_video", "the avatar sent no video")
 
     async def _shut_down(self, reason: str) -> None:
         """Give the call its own audio back, stop the paid session, leave the room. Never raises."""

@@ -53,26 +53,17 @@ class RelayVideoSource:
     def __init__(self, fps_hint: int = 25) -> None:
         self.frame_duration_us = 1_000_000 // fps_hint
         self.meter = VideoMeter(time_base_den=1_000_000, frame_duration_pts=self.frame_duration_us)
-        self.frames_in = 0
-        self.frames_dropped = 0
-        self.size: tuple[int, int] | None = None
+        self.first_frame = asyncio.Event()  # set once the room's first frame is in
         self._latest: tuple[bytes | bytearray | memoryview, int, int, int] | None = None
         self._ready = asyncio.Event()
         self._detached = False
 
     def offer(self, i420: bytes | bytearray | memoryview, width: int, height: int, timestamp_us: int) -> None:
         """A decoded frame from the room (tightly packed I420) and its capture timestamp."""
-        if self._latest is not None:
-            self.frames_dropped += 1
-        self._latest = (i420, width, height, timestamp_us)
-        self.frames_in += 1
+        self._latest = (i420, width, height, timestamp_us)  # an older one not yet encoded is dropped
         self.meter.on_frame(timestamp_us)
-        self.size = (width, height)
+        self.first_frame.set()
         self._ready.set()
-
-    @property
-    def has_frames(self) -> bool:
-        return self.frames_in > 0
 
     async def next_frame(self, state: str) -> tuple[av.VideoFrame, int] | None:
         while self._latest is None:

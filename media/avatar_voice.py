@@ -27,7 +27,6 @@ class OrderedVoice:
         self._pending: deque[tuple[str, bytes | None]] = deque()
         self._wake = asyncio.Event()
         self._closed = False
-        self.sent = 0
         self._sender = asyncio.ensure_future(self._send_all())
 
     def speak(self, pcm24k: bytes) -> None:
@@ -67,7 +66,6 @@ class OrderedVoice:
                 self._pending.clear()
                 self._on_failed(exc)
                 return
-            self.sent += 1
 
     async def aclose(self) -> None:
         self._closed = True

@@ -28,9 +28,6 @@ class RelayAudioBuffer:
         self._max = SAMPLE_RATE * MAX_MS // 1000
         self._playing = False
         self.samples_in = 0  # everything relayed from the room: its metered seconds
-        self.samples_out = 0
-        self.samples_trimmed = 0
-        self.underruns = 0
         # Told of every frame that goes out: its real (relayed) samples and whether it carries sound.
         self.listener: Callable[[int, bool], None] | None = None
 
@@ -42,12 +39,7 @@ class RelayAudioBuffer:
         self.samples_in += samples.size
         excess = len(self._queue) - self._max
         if excess > 0:
-            _, trimmed = self._queue.pop(excess)
-            self.samples_trimmed += trimmed
-
-    @property
-    def buffered_ms(self) -> float:
-        return len(self._queue) * 1000 / SAMPLE_RATE
+            self._queue.pop(excess)
 
     def pop(self, count: int) -> np.ndarray:
         """`count` samples for the next outbound frame; silence while (re)filling."""
@@ -58,9 +50,7 @@ class RelayAudioBuffer:
                 return np.zeros(count, dtype=np.int16)
             self._playing = True
         samples, real = self._queue.pop(count)
-        self.samples_out += real
-        if real < count:
-            self.underruns += 1
+        if real < count:  # ran dry: wait for a little audio again
             self._playing = False
         if self.listener is not None:
             self.listener(real, bool(real) and int(np.abs(samples).max()) >= SOUND_PEAK)

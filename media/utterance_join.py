@@ -54,9 +54,6 @@ class UtteranceJoin:
                 self._carried.append(text)
         self._replying = None
 
-    def reply_finished(self) -> None:
-        self._replying = None
-
     def take_carried(self) -> list[str]:
         carried, self._carried = self._carried, []
         return carried
