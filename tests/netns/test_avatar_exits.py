@@ -95,6 +95,8 @@ async def test_peer_gone_stops_the_avatar(
         # The browser's microphone goes silent for good and nothing says goodbye (a crashed tab, a lost network).
         client, sid = await live_avatar(server, http, source=PcmSourceTrack(sine(440, 1.0), end_when_done=True))
         await wait_stopped(liveavatar, database, sid)
+        # The paid session stops as the call's tasks end, a moment before the call's end is recorded.
+        await until(lambda: server.app[keys.CALLS].end_reason(uuid.UUID(client.session_id)) is not None, 10, "the call's end")
         assert server.app[keys.CALLS].end_reason(uuid.UUID(client.session_id)) == "peer_gone"
         await client.close()
     finally:
@@ -110,6 +112,8 @@ async def test_max_call_duration_stops_the_avatar(
     try:
         client, sid = await live_avatar(server, http)
         await wait_stopped(liveavatar, database, sid)
+        # The paid session stops as the call's tasks end, a moment before the call's end is recorded.
+        await until(lambda: server.app[keys.CALLS].end_reason(uuid.UUID(client.session_id)) is not None, 10, "the call's end")
         assert server.app[keys.CALLS].end_reason(uuid.UUID(client.session_id)) == "max_duration"
         await client.close()
     finally:
