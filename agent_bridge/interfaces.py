@@ -42,6 +42,11 @@ class SpeechToTextSession(ABC):
     def speech_resumed(self) -> None:
         """Voice activity came back before the turn ended: drop any speculative pass."""
 
+    async def paused_transcript(self) -> str | None:
+        """The turn so far as of the last speech_paused(), once the engine has it; None when it makes
+        none, or speech resumed. What finish_turn() will say if the turn now ends without more speech."""
+        return None
+
     @abstractmethod
     async def finish_turn(self) -> Transcript | None:
         """The final transcript of the audio pushed since the last turn, or None if nothing was said.
@@ -76,6 +81,18 @@ class SpeechToText(ABC):
         """Release process-wide resources (models, channels)."""
 
 
+class ReplyDraft(ABC):
+    """A reply written before its question is certain: nothing of it counts until `commit()`."""
+
+    @abstractmethod
+    def deltas(self) -> AsyncIterator[str]:
+        """The reply's text deltas, as `Conversation.reply` would stream them."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """The question was asked after all: record the turn as if `reply` had answered it."""
+
+
 class Conversation(ABC):
     """One call's conversation with the agent, holding its context."""
 
@@ -94,6 +111,11 @@ class Conversation(ABC):
     @abstractmethod
     def reply(self, text: str) -> AsyncIterator[str]:
         """Stream the reply to a user turn as text deltas; closing the iterator ends the request."""
+
+    def speculate(self, text: str) -> ReplyDraft | None:
+        """A draft reply to `text` that has no effect unless committed, or None where the agent cannot
+        answer without effect (a cloud agent records every request in its session)."""
+        return None
 
     async def aclose(self) -> None:
         """End the conversation on the agent's side."""
@@ -114,6 +136,9 @@ class TextToSpeech(ABC):
 
     name: str
     sample_rate: int
+    # Whether speech synthesised and then thrown away costs nothing (a local engine): only then is a
+    # reply spoken ahead, during the user's pause, before the turn is certain.
+    discard_is_free: bool = False
 
     @abstractmethod
     def synthesize(self, text: str) -> AsyncIterator[bytes]:

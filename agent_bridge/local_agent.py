@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent_bridge.interfaces import Agent, Conversation
+from agent_bridge.interfaces import Agent, Conversation, ReplyDraft
 
 Clock = Callable[[], datetime]
 
@@ -70,9 +70,14 @@ class LocalConversation(Conversation):
         self.history.append(Turn(user=text, agent=answer))
         # Word by word, as a streaming model would send it; no delays, the pipeline paces speech.
         # Each delta is counted as it goes out, so a reply cut short costs only what was sent.
-        for delta in re.findall(r"\S+\s*", answer):
+        for delta in _words(answer):
             self.tokens += len(delta.split())
             yield delta
+
+    def speculate(self, text: str) -> LocalDraft | None:
+        if self._closed:
+            return None
+        return LocalDraft(self, text, self.answer(text))
 
     def answer(self, text: str) -> str:
         """The whole reply to one user turn."""
@@ -104,6 +109,32 @@ class LocalConversation(Conversation):
 
     async def aclose(self) -> None:
         self._closed = True
+
+
+class LocalDraft(ReplyDraft):
+    """The demo agent's answer worked out ahead; committing it counts it exactly as `reply` would."""
+
+    def __init__(self, conversation: LocalConversation, text: str, answer: str) -> None:
+        self._conversation = conversation
+        self._text = text
+        self._answer = answer
+        self._committed = False
+
+    async def deltas(self) -> AsyncIterator[str]:
+        for delta in _words(self._answer):
+            yield delta
+
+    def commit(self) -> None:
+        if self._committed:
+            return
+        self._committed = True
+        conversation = self._conversation
+        conversation.tokens += len(self._text.split()) + len(self._answer.split())
+        conversation.history.append(Turn(user=self._text, agent=self._answer))
+
+
+def _words(answer: str) -> list[str]:
+    return re.findall(r"\S+\s*", answer)
 
 
 class LocalAgent(Agent):

@@ -92,6 +92,7 @@ class PiperTextToSpeech(TextToSpeech):
     """Streams int16 mono PCM at the voice's own sample rate (22050 Hz for joe)."""
 
     name = "piper"
+    discard_is_free = True  # local: speech made ahead and dropped costs only CPU
 
     def __init__(
         self, model_path: str | Path | None = None, config_path: str | Path | None = None, cpu_threads: int = 1

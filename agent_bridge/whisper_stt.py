@@ -32,6 +32,7 @@ from agent_bridge.interfaces import (
     SpeechToTextSession,
     Transcript,
 )
+from agent_bridge.whisper_window import MAX_AUDIO_SAMPLES, transcribe_window
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -130,7 +131,11 @@ def clean_transcript(segments: Iterable[_Segment]) -> str:
 
 
 class WhisperSpeechToText(SpeechToText):
-    """faster-whisper, int8 on CPU, greedy English decoding without timestamps."""
+    """faster-whisper, int8 on CPU, greedy English decoding without timestamps.
+
+    A turn that fits one window is decoded on a window sized to it (agent_bridge.whisper_window);
+    a longer one goes through faster-whisper's 30 s windows.
+    """
 
     name = "whisper"
 
@@ -222,15 +227,18 @@ class WhisperSpeechToText(SpeechToText):
 
     def _warm_up_blocking(self) -> None:
         noise = np.random.default_rng(0).normal(0.0, 0.01, SAMPLE_RATE).astype(np.float32)
-        segments, _ = self._model().transcribe(noise, **self._decode_options())
-        list(segments)
+        model = self._model()
+        transcribe_window(model, noise, *_prompt(model))
 
     def _transcribe_blocking(self, pcm: bytes) -> str:
         samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
         if samples.size < MIN_TURN_SAMPLES or int(np.abs(samples.astype(np.int32)).max()) < SILENCE_PEAK:
             return ""
         audio = samples.astype(np.float32) / 32768.0
-        segments, _ = self._model().transcribe(audio, **self._decode_options())
+        model = self._model()
+        if audio.size <= MAX_AUDIO_SAMPLES:
+            return clean_transcript([transcribe_window(model, audio, *_prompt(model))])
+        segments, _ = model.transcribe(audio, **self._decode_options())
         return clean_transcript(segments)  # consuming the generator is what decodes
 
     @staticmethod
@@ -243,6 +251,14 @@ class WhisperSpeechToText(SpeechToText):
             "condition_on_previous_text": False,
             "vad_filter": False,  # voice activity is detected upstream
         }
+
+
+def _prompt(model: WhisperModel) -> tuple[list[int], int]:
+    """English transcription without timestamps: the decoder's prompt, and its end-of-text token."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en")
+    return [*tokenizer.sot_sequence, tokenizer.no_timestamps], tokenizer.eot
 
 
 @dataclass
@@ -300,6 +316,24 @@ class WhisperSession(SpeechToTextSession):
         self._check_open()
         self._paused = False
         self._drop_speculative()
+
+    async def paused_transcript(self) -> str | None:
+        speculative = self._speculative
+        if speculative is None:
+            return None
+        try:
+            text = await self._engine.result(speculative.future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return None  # speech resumed and the pass was dropped
+        except EngineError:
+            if speculative.future.cancelled():
+                return None
+            raise
+        # Speech may have resumed while the pass ran: then the pass no longer stands for the turn.
+        return text if self._speculative is speculative else None
 
     async def finish_turn(self) -> Transcript | None:
         self._check_open()

@@ -187,6 +187,26 @@ async def test_speculative_final_pass_is_used_after_a_pause(voices: Voices) -> N
     await session.aclose()
 
 
+async def test_the_pause_transcript_is_what_the_turn_ends_with(voices: Voices) -> None:
+    session = voices.stt.open_session(lambda _: None)
+    assert await session.paused_transcript() is None  # no pause, no pass
+    session.push(voices.short)
+    session.speech_paused()
+    early = await session.paused_transcript()
+    final = await session.finish_turn()
+    assert early and final is not None and early == final.text
+    assert share_of_words_heard(SHORT_TEXT, early) >= 0.8, early
+
+    session.push(voices.long)
+    session.speech_paused()
+    waiting = asyncio.ensure_future(session.paused_transcript())
+    await asyncio.sleep(0)
+    session.speech_resumed()  # the pass no longer stands for the turn
+    assert await waiting is None
+    await session.finish_turn()
+    await session.aclose()
+
+
 async def test_speech_resumed_makes_the_speculative_pass_stale(voices: Voices) -> None:
     session = voices.stt.open_session(lambda _: None)
     session.push(voices.short)
