@@ -11,7 +11,7 @@ import logging
 import uuid
 from typing import Protocol
 
-from agent_bridge.interfaces import Agent
+from agent_bridge.interfaces import Agent, Conversation
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +40,22 @@ class AgentSessionOpener:
         if agent_session_id is not None:
             await self._store.set_agent_session(user_session_id, agent_session_id)
         return agent_session_id
+
+
+async def start_call_conversation(conversation: Conversation, store: AgentSessionStore | None, session_id: uuid.UUID) -> None:
+    """Begin a call's conversation: on the agent session made with the user session, else on a new
+    one, which is then stored. Raises only if the agent itself failed; a store failure is logged."""
+    made_earlier: str | None = None
+    if store is not None:
+        try:
+            made_earlier = await store.agent_session_of(session_id)
+        except Exception:  # without the stored link the call makes its own agent session
+            log.warning("call %s: reading its agent session failed", session_id, exc_info=True)
+    if made_earlier is not None:
+        conversation.resume(made_earlier)
+    agent_session_id = await conversation.start()
+    if agent_session_id is not None and agent_session_id != made_earlier and store is not None:
+        try:
+            await store.set_agent_session(session_id, agent_session_id)
+        except Exception:  # the call goes on; only the stored link is missing
+            log.warning("call %s: storing agent session %s failed", session_id, agent_session_id, exc_info=True)

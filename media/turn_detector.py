@@ -44,12 +44,16 @@ class TurnConfig:
     min_speech_ms: float = 100.0  # voiced time before a turn counts; rounds up to whole windows
     end_of_turn_silence_ms: float = 500.0
     max_turn_ms: float = 30_000.0  # a turn is cut after this much of it (0 = never)
+    # More silence given to a turn whose words sound unfinished (media.turn_completion) before it is answered.
+    unfinished_hold_ms: float = 700.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.continue_threshold <= self.start_threshold <= 1.0:
             raise ValueError("need 0 <= continue_threshold <= start_threshold <= 1")
         if self.min_speech_ms < 0 or self.end_of_turn_silence_ms <= 0:
             raise ValueError("min_speech_ms must be >= 0 and end_of_turn_silence_ms > 0")
+        if self.unfinished_hold_ms < 0:
+            raise ValueError("unfinished_hold_ms must be >= 0")
         if self.max_turn_ms < 0:
             raise ValueError("max_turn_ms must be >= 0 (0 = turns are never cut)")
 

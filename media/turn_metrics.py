@@ -20,7 +20,9 @@ class TurnTimer:
         def ms(later: float | None, earlier: float | None) -> int | None:
             if later is None or earlier is None:
                 return None
-            return round((later - earlier) * 1000)
+            # A reply drafted during the pause (media.reply_ahead) had its text before the transcript
+            # was final: that stage cost the turn nothing, so it reads 0, never negative.
+            return max(0, round((later - earlier) * 1000))
 
         return {
             "stt_ms": ms(self.transcript_ready, self.end_of_speech),

@@ -54,6 +54,10 @@ class UtteranceJoin:
                 self._carried.append(text)
         self._replying = None
 
+    @property
+    def has_carried(self) -> bool:
+        return bool(self._carried)
+
     def take_carried(self) -> list[str]:
         carried, self._carried = self._carried, []
         return carried

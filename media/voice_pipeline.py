@@ -16,12 +16,14 @@ import av
 
 from agent_bridge.interfaces import Transcript
 from agent_bridge.registry import Engines
-from media.agent_sessions import AgentSessionStore
+from media.agent_sessions import AgentSessionStore, start_call_conversation
 from media.audio_resample import VAD_RATE, InboundResampler
 from media.engine_fallback import CallEngines
 from media.pipeline import CallPipeline, PipelineContext
 from media.preroll import PrerollBuffer
+from media.reply_ahead import ReplyAhead
 from media.reply_speaker import ReplySpeaker
+from media.turn_completion import looks_unfinished
 from media.turn_detector import TurnConfig, TurnDetector, TurnEvent, TurnEventType
 from media.turn_metrics import TurnTimer
 from media.utterance_join import UtteranceJoin
@@ -69,6 +71,8 @@ class VoicePipeline(CallPipeline):
         self._tts_characters = 0  # of finished replies
         self._speaking: set[ReplySpeaker] = set()  # replies still being spoken
         self._join = UtteranceJoin()
+        self._ahead: ReplyAhead | None = None  # the reply drafted during the current pause
+        self._pauses = 0  # pauses so far: a draft belongs to the pause it was started in
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -93,6 +97,7 @@ class VoicePipeline(CallPipeline):
 
     def _on_turn_event(self, event: TurnEvent) -> None:
         if event.type is TurnEventType.SPEECH_STARTED:
+            self._drop_ahead()
             if not event.cut:
                 # Spoke on before the last utterance's answer began: it joins this one.
                 self._said = self._join.speech_started() + self._said
@@ -109,10 +114,14 @@ class VoicePipeline(CallPipeline):
             self._paused = False
         elif event.type is TurnEventType.SPEECH_PAUSED:
             self._paused = True
+            self._pauses += 1
             if not self._closing_turns:  # a pass now would be of the turn still closing
                 self._use.stt.speech_paused()
+                if not self._said and not self._join.has_carried:  # else the question is more than this turn
+                    self._spawn(self._draft_reply(self._pauses))
         elif event.type is TurnEventType.SPEECH_RESUMED:
             self._paused = False
+            self._drop_ahead()
             self._use.stt.speech_resumed()
             for pcm in self._held:
                 self._push_stt(pcm)
@@ -126,6 +135,7 @@ class VoicePipeline(CallPipeline):
             self._closing_turns += 1
             self._said.append(self._spawn(self._transcribe_turn(carry)))
             if event.cut:
+                self._drop_ahead()
                 return  # the utterance may go on: it is answered once it ends
             self._ctx.events.publish("user_speaking", speaking=False)
             said, self._said = self._said, []
@@ -144,6 +154,26 @@ class VoicePipeline(CallPipeline):
         """Map a moment of the inbound audio clock to loop time: the newest sample arrived just now."""
         newest_ms = self._preroll.end_sample * 1000 / VAD_RATE
         return asyncio.get_running_loop().time() - (newest_ms - media_ms) / 1000
+
+    async def _draft_reply(self, pause: int) -> None:
+        """Write and speak the reply to the turn so far, unheard, while the pause may yet end the turn."""
+        if not self._use.tts.discard_is_free:
+            return
+        try:
+            text = await self._use.stt.paused_transcript()
+        except Exception:  # the turn's own pass will report it
+            return
+        if not text or pause != self._pauses or not self._paused:
+            return  # speech resumed, or the turn already ended
+        draft = self._use.conversation.speculate(text)
+        if draft is not None:
+            self._drop_ahead()
+            self._ahead = ReplyAhead(text, draft, self._use.tts, self._speech)
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.discard()
+            self._ahead = None
 
     def _on_interim(self, transcript: Transcript) -> None:
         self._ctx.events.publish("transcript", text=transcript.text, final=False)
@@ -171,9 +201,22 @@ class VoicePipeline(CallPipeline):
             return
         text = " ".join(texts)
         timer.transcript_ready = asyncio.get_running_loop().time()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not ahead.usable_for(text):
+            ahead.discard()
+            ahead = None
+        if looks_unfinished(text):
+            # "Hello, ..." may go on: if the user speaks in this time, this answer is dropped and its
+            # transcripts join the next turn's (UtteranceJoin).
+            try:
+                await asyncio.sleep(self._turns.config.unfinished_hold_ms / 1000)
+            except asyncio.CancelledError:
+                if ahead is not None:
+                    ahead.discard()
+                raise
         self._ctx.events.publish("transcript", text=text, final=True)
         self._join.reply_started(text, end_of_speech)
-        await self._start_reply(text, timer)
+        await self._start_reply(text, timer, ahead=ahead)
 
     # -- text chat ---------------------------------------------------------------------------
 
@@ -191,11 +234,13 @@ class VoicePipeline(CallPipeline):
 
     # -- outbound ----------------------------------------------------------------------------
 
-    async def _start_reply(self, text: str, timer: TurnTimer, *, scripted: bool = False) -> str:
+    async def _start_reply(
+        self, text: str, timer: TurnTimer, *, scripted: bool = False, ahead: ReplyAhead | None = None
+    ) -> str:
         if self._reply_active():
             self._interrupt("new_turn")
         self._turn_count += 1
-        task = asyncio.ensure_future(self._reply(text, timer, self._turn_count, scripted=scripted))
+        task = asyncio.ensure_future(self._reply(text, timer, self._turn_count, scripted=scripted, ahead=ahead))
         self._reply_task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -206,23 +251,34 @@ class VoicePipeline(CallPipeline):
                 return ""  # interrupted by the user: what was said is gone
             raise
 
-    async def _reply(self, text: str, timer: TurnTimer, turn: int, *, scripted: bool = False) -> str:
+    async def _reply(
+        self, text: str, timer: TurnTimer, turn: int, *, scripted: bool = False, ahead: ReplyAhead | None = None
+    ) -> str:
         loop = asyncio.get_running_loop()
+        asked = timer
+        if ahead is not None:
+            timer = ahead.timer  # its TTS was asked for before the turn ended: its stages say so
 
         def first_frame_sent() -> None:
             timer.first_frame_sent = loop.time()
             self._set_bot_speaking(True)
-            self._ctx.events.publish("turn_metrics", turn=turn, **timer.as_event())
+            self._ctx.events.publish("turn_metrics", turn=turn, drafted=ahead is not None, **timer.as_event())
 
-        speaker = ReplySpeaker(
-            self._use.tts, self._speech, self._ctx.events, timer, first_frame_sent, self._publish_error
-        )
+        if ahead is not None:
+            speaker = ahead.speaker
+        else:
+            speaker = ReplySpeaker(
+                self._use.tts, self._speech, self._ctx.events, timer, first_frame_sent, self._publish_error
+            )
         self._speaking.add(speaker)
         try:
-            # Closed at once when the reply is cancelled (barge-in), so a cloud agent's stream ends with it.
-            source = _said_as_is(text) if scripted else self._use.conversation.reply(text)
-            async with contextlib.aclosing(source) as deltas:
-                reply = await speaker.speak(deltas)
+            if ahead is not None:
+                reply = await ahead.adopt(asked, self._ctx.events, first_frame_sent)
+            else:
+                # Closed at once when the reply is cancelled (barge-in), so a cloud agent's stream ends with it.
+                source = _said_as_is(text) if scripted else self._use.conversation.reply(text)
+                async with contextlib.aclosing(source) as deltas:
+                    reply = await speaker.speak(deltas)
         finally:
             self._speaking.discard(speaker)
             self._tts_characters += speaker.characters_synthesized
@@ -278,28 +334,13 @@ class VoicePipeline(CallPipeline):
         self._spawn(self._start_agent())
 
     async def _start_agent(self) -> None:
-        """One agent session per call (a cloud agent's): the one made with the user session, else a new one, stored."""
-        session_id = uuid.UUID(self._ctx.session_id)
-        made_earlier: str | None = None
-        if self._agent_store is not None:
-            try:
-                made_earlier = await self._agent_store.agent_session_of(session_id)
-            except Exception:  # without the stored link the call makes its own agent session
-                log.warning("call %s: reading its agent session failed", self._ctx.session_id, exc_info=True)
-        if made_earlier is not None:
-            self._use.conversation.resume(made_earlier)
         try:
-            agent_session_id = await self._use.conversation.start()
+            await start_call_conversation(self._use.conversation, self._agent_store, uuid.UUID(self._ctx.session_id))
         except Exception as exc:
             self._publish_error("agent_failed", exc)
-            return
-        if agent_session_id is not None and agent_session_id != made_earlier and self._agent_store is not None:
-            try:
-                await self._agent_store.set_agent_session(session_id, agent_session_id)
-            except Exception:  # the call goes on; only the stored link is missing
-                log.warning("call %s: storing agent session %s failed", self._ctx.session_id, agent_session_id, exc_info=True)
 
     async def stop(self) -> None:
+        self._drop_ahead()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -111,7 +111,11 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
         pipelines = await start_pipelines(
             settings.pipeline,
             settings.engines,
-            TurnConfig(end_of_turn_silence_ms=settings.end_of_turn_ms, max_turn_ms=settings.limits.max_turn_seconds * 1000),
+            TurnConfig(
+                end_of_turn_silence_ms=settings.end_of_turn_ms,
+                max_turn_ms=settings.limits.max_turn_seconds * 1000,
+                unfinished_hold_ms=settings.end_of_turn_unfinished_ms,
+            ),
             agent_store=app[keys.SESSIONS],
         )
     except BaseException:

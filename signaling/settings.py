@@ -77,6 +77,7 @@ class Settings:
     node_stale_seconds: float = 15.0
     pipeline: str = "voice"  # what every call does with its media (media/pipelines.py)
     end_of_turn_ms: int = 500  # silence that ends a user's turn
+    end_of_turn_unfinished_ms: int = 700  # more silence for a turn whose words sound unfinished
     engines: EngineConfig = field(default_factory=EngineConfig)
     limits: Limits = field(default_factory=Limits)
     # AVATAR_TOKEN_KEYS (storage/token_cipher.py): the keys of avatar tokens at rest, newest first.
@@ -115,6 +116,7 @@ class Settings:
             max_body_bytes=_body_limit(environ.get("MAX_BODY_BYTES"), defaults.max_body_bytes),
             pipeline=environ.get("PIPELINE", defaults.pipeline),
             end_of_turn_ms=int(environ.get("END_OF_TURN_MS", defaults.end_of_turn_ms)),
+            end_of_turn_unfinished_ms=int(environ.get("END_OF_TURN_UNFINISHED_MS", defaults.end_of_turn_unfinished_ms)),
             engines=EngineConfig.from_env(environ),
             limits=Limits.from_env(environ),
             avatar_token_keys=(environ.get("AVATAR_TOKEN_KEYS") or "").strip() or None,
