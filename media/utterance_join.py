@@ -55,8 +55,9 @@ class UtteranceJoin:
         self._replying = None
 
     @property
-    def has_carried(self) -> bool:
-        return bool(self._carried)
+    def carried(self) -> list[str]:
+        """The texts take_carried() would return, left in place."""
+        return list(self._carried)
 
     def take_carried(self) -> list[str]:
         carried, self._carried = self._carried, []

@@ -7,22 +7,22 @@ microseconds; STT, the agent and TTS run in their engines' own threads or socket
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 
 import av
+import numpy as np
 
 from agent_bridge.interfaces import Transcript
 from agent_bridge.registry import Engines
 from media.agent_sessions import AgentSessionStore, start_call_conversation
 from media.audio_resample import VAD_RATE, InboundResampler
+from media.bot_replies import BotReplies
+from media.echo_gate import EchoGate
 from media.engine_fallback import CallEngines
 from media.pipeline import CallPipeline, PipelineContext
 from media.preroll import PrerollBuffer
 from media.reply_ahead import ReplyAhead
-from media.reply_speaker import ReplySpeaker
 from media.turn_completion import looks_unfinished
 from media.turn_detector import TurnConfig, TurnDetector, TurnEvent, TurnEventType
 from media.turn_metrics import TurnTimer
@@ -47,6 +47,8 @@ class VoicePipeline(CallPipeline):
         self._speech = context.speech_out
         self._resampler = InboundResampler(VAD_RATE)
         self._vad = SileroVad()
+        self._echo = EchoGate()
+        context.audio_out.sent_listeners.append(self._echo.on_sent)
         self._turns = TurnDetector(turn_config)
         self._preroll = PrerollBuffer(VAD_RATE * _PREROLL_MS // 1000)
         self._use = CallEngines(engines, context.session_id, context.user_id, self._on_interim)
@@ -64,13 +66,12 @@ class VoicePipeline(CallPipeline):
         self._stt_fed_until = 0
         # Transcripts of the turns of an utterance still going on (cut turns), answered as one.
         self._said: list[asyncio.Task[Transcript | None]] = []
-        self._reply_task: asyncio.Task[str] | None = None
         self._tasks: set[asyncio.Task[object]] = set()
-        self._bot_speaking = False
-        self._turn_count = 0
-        self._tts_characters = 0  # of finished replies
-        self._speaking: set[ReplySpeaker] = set()  # replies still being spoken
         self._join = UtteranceJoin()
+        self._replies = BotReplies(
+            self._use, self._speech, context.events, self._publish_error,
+            on_barge_in=lambda: self._join.reply_interrupted(asyncio.get_running_loop().time()),
+        )  # fmt: skip
         self._ahead: ReplyAhead | None = None  # the reply drafted during the current pause
         self._pauses = 0  # pauses so far: a draft belongs to the pause it was started in
 
@@ -89,6 +90,8 @@ class VoicePipeline(CallPipeline):
         probabilities = self._vad.process(pcm)
         if not probabilities.size:
             return
+        if self._echo.is_echo(pcm):
+            probabilities = np.zeros_like(probabilities)  # the bot's own voice: never a turn of the user's
         first_window = self._vad.windows - probabilities.size
         for offset, probability in enumerate(probabilities):
             window_end_ms = (first_window + offset + 1) * WINDOW_MS
@@ -101,8 +104,8 @@ class VoicePipeline(CallPipeline):
             if not event.cut:
                 # Spoke on before the last utterance's answer began: it joins this one.
                 self._said = self._join.speech_started() + self._said
-            if self._reply_active():
-                self._interrupt("barge_in")
+            if self._replies.active:
+                self._replies.interrupt("barge_in")
             if event.cut:
                 # The caller spoke on through a cut: this turn's audio goes on from where the last stopped.
                 start = self._stt_fed_until
@@ -117,8 +120,7 @@ class VoicePipeline(CallPipeline):
             self._pauses += 1
             if not self._closing_turns:  # a pass now would be of the turn still closing
                 self._use.stt.speech_paused()
-                if not self._said and not self._join.has_carried:  # else the question is more than this turn
-                    self._spawn(self._draft_reply(self._pauses))
+                self._spawn(self._draft_reply(self._pauses))
         elif event.type is TurnEventType.SPEECH_RESUMED:
             self._paused = False
             self._drop_ahead()
@@ -165,10 +167,21 @@ class VoicePipeline(CallPipeline):
             return
         if not text or pause != self._pauses or not self._paused:
             return  # speech resumed, or the turn already ended
+        earlier = self._earlier_texts()
+        if earlier is None:
+            return  # an earlier part of the question is still being transcribed
+        text = " ".join([*earlier, text])  # as _answer will join them
         draft = self._use.conversation.speculate(text)
         if draft is not None:
             self._drop_ahead()
             self._ahead = ReplyAhead(text, draft, self._use.tts, self._speech)
+
+    def _earlier_texts(self) -> list[str] | None:
+        """What _answer would put before this turn's transcript; None while any of it is not known yet."""
+        if not all(task.done() for task in self._said):
+            return None
+        heard = [t.result() for t in self._said if not t.cancelled() and t.exception() is None]
+        return self._join.carried + [t.text for t in heard if t is not None]
 
     def _drop_ahead(self) -> None:
         if self._ahead is not None:
@@ -216,7 +229,7 @@ class VoicePipeline(CallPipeline):
                 raise
         self._ctx.events.publish("transcript", text=text, final=True)
         self._join.reply_started(text, end_of_speech)
-        await self._start_reply(text, timer, ahead=ahead)
+        await self._replies.reply(text, timer, ahead=ahead)
 
     # -- text chat ---------------------------------------------------------------------------
 
@@ -224,86 +237,13 @@ class VoicePipeline(CallPipeline):
         self._ctx.events.publish("transcript", text=text, final=True, source="chat")
         self._join.reply_started(text, None)
         now = asyncio.get_running_loop().time()
-        return await self._start_reply(text, TurnTimer(end_of_speech=None, transcript_ready=now))
+        return await self._replies.reply(text, TurnTimer(end_of_speech=None, transcript_ready=now))
 
     async def speak(self, text: str) -> str:
         """Say `text` word for word (the avatar's speak endpoint): a reply without the agent."""
         self._join.reply_started(text, None)
         now = asyncio.get_running_loop().time()
-        return await self._start_reply(text, TurnTimer(end_of_speech=None, transcript_ready=now), scripted=True)
-
-    # -- outbound ----------------------------------------------------------------------------
-
-    async def _start_reply(
-        self, text: str, timer: TurnTimer, *, scripted: bool = False, ahead: ReplyAhead | None = None
-    ) -> str:
-        if self._reply_active():
-            self._interrupt("new_turn")
-        self._turn_count += 1
-        task = asyncio.ensure_future(self._reply(text, timer, self._turn_count, scripted=scripted, ahead=ahead))
-        self._reply_task = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled():
-                return ""  # interrupted by the user: what was said is gone
-            raise
-
-    async def _reply(
-        self, text: str, timer: TurnTimer, turn: int, *, scripted: bool = False, ahead: ReplyAhead | None = None
-    ) -> str:
-        loop = asyncio.get_running_loop()
-        asked = timer
-        if ahead is not None:
-            timer = ahead.timer  # its TTS was asked for before the turn ended: its stages say so
-
-        def first_frame_sent() -> None:
-            timer.first_frame_sent = loop.time()
-            self._set_bot_speaking(True)
-            self._ctx.events.publish("turn_metrics", turn=turn, drafted=ahead is not None, **timer.as_event())
-
-        if ahead is not None:
-            speaker = ahead.speaker
-        else:
-            speaker = ReplySpeaker(
-                self._use.tts, self._speech, self._ctx.events, timer, first_frame_sent, self._publish_error
-            )
-        self._speaking.add(speaker)
-        try:
-            if ahead is not None:
-                reply = await ahead.adopt(asked, self._ctx.events, first_frame_sent)
-            else:
-                # Closed at once when the reply is cancelled (barge-in), so a cloud agent's stream ends with it.
-                source = _said_as_is(text) if scripted else self._use.conversation.reply(text)
-                async with contextlib.aclosing(source) as deltas:
-                    reply = await speaker.speak(deltas)
-        finally:
-            self._speaking.discard(speaker)
-            self._tts_characters += speaker.characters_synthesized
-        self._speech.end_of_reply()
-        self._speech.when_drained(lambda: self._set_bot_speaking(False))
-        return reply
-
-    def _reply_active(self) -> bool:
-        running = self._reply_task is not None and not self._reply_task.done()
-        return running or self._speech.queued_samples > 0
-
-    def _interrupt(self, reason: str) -> None:
-        """Stop the bot at once: unsent audio is dropped within the frame, agent and TTS cancelled."""
-        dropped = self._speech.flush()
-        if self._reply_task is not None and not self._reply_task.done():
-            self._reply_task.cancel()
-        if reason == "barge_in":
-            self._join.reply_interrupted(asyncio.get_running_loop().time())
-        self._set_bot_speaking(False)
-        self._ctx.events.publish("interrupted", reason=reason, dropped_ms=dropped * 1000 // 48_000)
-
-    def _set_bot_speaking(self, speaking: bool) -> None:
-        if speaking != self._bot_speaking:
-            self._bot_speaking = speaking
-            self._ctx.events.publish("bot_speaking", speaking=speaking)
+        return await self._replies.reply(text, TurnTimer(end_of_speech=None, transcript_ready=now), scripted=True)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -312,7 +252,7 @@ class VoicePipeline(CallPipeline):
             "voice_activity": self._turns.speech_ms * 1000,
             "stt_audio": self._use.stt_ms * 1000,
             # A live reply's characters count as they go to TTS, so quota is checked within the reply.
-            "tts_characters": self._tts_characters + sum(s.characters_synthesized for s in self._speaking),
+            "tts_characters": self._replies.tts_characters,
             "agent_tokens": self._use.agent_tokens,
         }
 
@@ -341,12 +281,11 @@ class VoicePipeline(CallPipeline):
 
     async def stop(self) -> None:
         self._drop_ahead()
+        if self._echo.on_sent in self._ctx.audio_out.sent_listeners:
+            self._ctx.audio_out.sent_listeners.remove(self._echo.on_sent)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._replies.aclose()
         await self._use.aclose()
 
-
-async def _said_as_is(text: str) -> AsyncIterator[str]:
-    """A scripted reply: the text itself, as the agent's one delta."""
-    yield text
