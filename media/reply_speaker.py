@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
+import numpy as np
+
 from agent_bridge.interfaces import TextToSpeech
 from agent_bridge.sentences import SentenceSplitter
 from media.audio_resample import OutboundResampler
@@ -18,6 +20,25 @@ from media.speech_output import SpeechOutput
 from media.turn_metrics import TurnTimer
 
 OnEngineError = Callable[[str, BaseException], None]
+
+# TTS engines start a reply with silence (Piper ~10-60 ms, cloud voices more): it only delays the
+# answer, so it is cut, up to a bound, keeping a few ms before the first audible sample.
+_ONSET_LEVEL = 64  # int16 peak, about -54 dBFS: above the few LSB of a TTS engine's silence
+_ONSET_KEEP = 48_000 * 5 // 1000
+_ONSET_MAX_CUT = 48_000 * 300 // 1000
+
+
+def cut_leading_silence(samples: np.ndarray, already_cut: int) -> tuple[np.ndarray, bool]:
+    """(`samples` less their leading silence, whether the onset is in them). `already_cut` is what
+    earlier chunks of the reply lost; past _ONSET_MAX_CUT nothing more is cut."""
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) >= _ONSET_LEVEL)
+    room = _ONSET_MAX_CUT - already_cut
+    if not loud.size:
+        if samples.size <= room:
+            return samples[:0], False
+        return samples[room:], True
+    cut = min(max(0, int(loud[0]) - _ONSET_KEEP), room)
+    return samples[cut:], True
 
 
 class ReplySpeaker:
@@ -43,6 +64,7 @@ class ReplySpeaker:
         self._on_first_frame = on_first_frame
         self._on_error = on_error
         self._first_pushed = False
+        self._silence_cut = 0  # leading samples of silence cut so far (until the onset is found)
         self.characters_synthesized = 0  # a running count: each piece of text as it goes to TTS
 
     async def speak(self, deltas: AsyncIterator[str]) -> str:
@@ -96,7 +118,13 @@ class ReplySpeaker:
                 return
         self._push(resampler.flush())
 
-    def _push(self, samples) -> None:  # type: ignore[no-untyped-def]
+    def _push(self, samples: np.ndarray) -> None:
+        if not self._first_pushed:
+            before = samples.size
+            samples, onset = cut_leading_silence(samples, self._silence_cut)
+            self._silence_cut += before - samples.size
+            if not onset:
+                return
         if not samples.size:
             return
         position = self._out.push(samples)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 
 from agent_bridge.interfaces import Agent, Conversation, EngineError, TextToSpeech
@@ -22,14 +23,22 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 class BrokenTextToSpeech(TextToSpeech):
-    """A TTS whose service fails mid-stream, as a cloud engine does when its connection drops."""
+    """A TTS whose service fails mid-stream once, as a cloud engine does when its connection drops,
+    and speaks (a tone) after that."""
 
     name = "broken"
     sample_rate = 24_000
 
+    def __init__(self) -> None:
+        self.calls = 0
+
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        yield b"\x00\x00" * 240
-        raise EngineError("broken", "the connection to the speech service was reset")
+        self.calls += 1
+        if self.calls == 1:
+            yield b"\x00\x00" * 240
+            raise EngineError("broken", "the connection to the speech service was reset")
+        tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(self.sample_rate // 2) / self.sample_rate)).astype("<i2")
+        yield tone.tobytes()
 
 
 class BrokenConversation(Conversation):
@@ -77,10 +86,10 @@ async def test_tts_failure_is_an_event_and_the_next_turn_works(working) -> None:
     errors = [e for e in seen if e["type"] == "error"]
     assert errors and errors[0]["code"] == "tts_failed" and "reset" in str(errors[0]["message"])
     # The pipeline still works once the engine does.
-    engines.tts = piper
     reply = await pipeline.handle_text("what is the date today?")
     assert "today" in reply.lower()
     assert out.queued_samples > 0
+    assert len([e for e in seen if e["type"] == "error"]) == 1
     assert await asyncio.wait_for(frames, 5) == 50  # frames never stopped
     await pipeline.stop()
 

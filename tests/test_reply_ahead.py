@@ -22,6 +22,7 @@ from media.gated_speech import GatedSpeech
 from media.outbound_audio import PacedAudioTrack
 from media.pipeline import PipelineContext
 from media.speech_output import TrackSpeech
+from media.reply_speaker import cut_leading_silence
 from media.turn_completion import looks_unfinished
 from media.turn_detector import TurnConfig
 from media.voice_pipeline import VoicePipeline
@@ -199,6 +200,9 @@ async def test_an_unfinished_turn_waits_for_the_rest_of_the_question() -> None:
     await asyncio.sleep(0.05)
     assert rig.history == ["So, what time is it?"]  # one question, answered once
     assert len([e for e in rig.of_type("agent_text") if e.get("final")]) == 1
+    await rig.track.recv()
+    # The whole question was drafted at the second pause, the held first part included.
+    assert [e["drafted"] for e in rig.of_type("turn_metrics")] == [True]
     await rig.pipeline.stop()
 
 
@@ -247,3 +251,15 @@ async def test_a_gate_holds_speech_then_lets_it_through_in_order_with_its_callba
     assert sent == ["first", "later"]
     track.stop()
 
+
+
+async def test_a_reply_loses_its_leading_silence_but_not_its_first_sound() -> None:
+    onset = np.concatenate([np.zeros(2400, np.int16), np.full(480, 3000, np.int16)])
+    cut, found = cut_leading_silence(onset, 0)
+    assert found and cut.size == 480 + 240  # 5 ms kept before the first audible sample
+    assert np.array_equal(cut[-480:], onset[-480:])
+    quiet, found = cut_leading_silence(np.zeros(4800, np.int16), 0)
+    assert not found and quiet.size == 0  # all silence so far: wait for the onset
+    # Never more than 300 ms cut in all: a reply that begins with a long pause keeps the rest of it.
+    rest, found = cut_leading_silence(np.zeros(9600, np.int16), 48_000 * 250 // 1000)
+    assert found and rest.size == 9600 - 2400
