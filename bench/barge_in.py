@@ -30,6 +30,7 @@ SPEAK_FIRST_S = 0.8  # the bot speaks this long before the user (or the noise) c
 @dataclass
 class BargeResult:
     stop_ms: float | None  # first voiced sample of the user sent -> last bot frame with speech received
+    wire_stop_ms: float | None  # the same, to that frame's packet reaching the client (before its jitter buffer)
     interrupted: bool  # the server published `interrupted` (barge_in) during the trial
 
 
@@ -83,7 +84,9 @@ async def barge_in_trial(
     if playback.last_voiced_sent is not None and await call.wait_reply(playback.last_voiced_sent) is not None:
         await call.settle()
     stop_ms = None if stopped is None else max(0.0, stopped - spoke) * 1000
-    return BargeResult(stop_ms=stop_ms, interrupted=barge_ins(call, spoke) > 0)
+    wire = call.recorder.last_before_gap(spoke, STOPPED_GAP_S, include_before=True, wire=True)
+    wire_stop_ms = None if stopped is None or wire is None else max(0.0, wire - spoke) * 1000
+    return BargeResult(stop_ms=stop_ms, wire_stop_ms=wire_stop_ms, interrupted=barge_ins(call, spoke) > 0)
 
 
 def noise_burst() -> np.ndarray:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 
 from tests.rtc_client import RATE, PcmSourceTrack, Recorder
 
@@ -90,6 +91,19 @@ class TimedRecorder(Recorder):
     arrivals: list[float] = field(default_factory=list)
     levels: list[float] = field(default_factory=list)
     voiced: list[float] = field(default_factory=list)  # arrivals of frames with reply speech
+    # For each of `voiced`: when its RTP packet reached the client, before the client's jitter buffer
+    # (aiortc's holds 4 packets, 80 ms, before it decodes; a browser's adapts, ~20-40 ms on a clean path).
+    voiced_wire: list[float] = field(default_factory=list)
+    packet_arrivals: dict[int, float] = field(default_factory=dict)  # decoded frame's pts -> packet arrival
+    _first_timestamp: int | None = None
+
+    def on_packet(self, packet: RtpPacket) -> None:
+        """Tap on the client's audio receiver: note when each packet arrived, keyed as aiortc keys the
+        decoded frame's pts (its RTP timestamp less the stream's first)."""
+        if self._first_timestamp is None:
+            self._first_timestamp = packet.timestamp
+        pts = (packet.timestamp - self._first_timestamp) % (1 << 32)
+        self.packet_arrivals.setdefault(pts, asyncio.get_running_loop().time())
     keep_audio: bool = False  # keep the samples too (only the echo check needs them)
     audio: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (arrival, samples) if keep_audio
 
@@ -107,39 +121,47 @@ class TimedRecorder(Recorder):
             self.levels.append(level)
             if level > REPLY_RMS:
                 self.voiced.append(now)
+                wire = self.packet_arrivals.get(frame.pts) if frame.pts is not None else None
+                self.voiced_wire.append(min(now, wire) if wire is not None else now)
             if self.keep_audio:
                 self.audio.append((now, data))
             self.frames += 1
 
-    def reply_start(self, after: float, quiet_before: float = 0.1) -> float | None:
-        """Arrival of the first reply frame after `after` that follows `quiet_before` s without reply speech.
+    def reply_start(self, after: float, quiet_before: float = 0.1, *, wire: bool = False) -> float | None:
+        """Arrival of the first reply frame after `after` that follows `quiet_before` s without reply speech
+        (with `wire`, when that frame's packet reached the client, before its jitter buffer).
 
         The quiet before it keeps the tail of an earlier reply, still playing at `after`, from counting.
         """
         previous = None
-        for t in self.voiced:
+        for index, t in enumerate(self.voiced):
             if t > after and (previous is None or t - previous >= quiet_before):
-                return t
+                return self.voiced_wire[index] if wire else t
             previous = t
         return None
 
     def voiced_between(self, start: float, end: float) -> int:
         return sum(1 for t in self.voiced if start < t <= end)
 
-    def last_before_gap(self, after: float, gap: float, *, include_before: bool = False) -> float | None:
-        """Arrival of the first reply frame after `after` that is followed by `gap` s without reply speech.
+    def last_before_gap(
+        self, after: float, gap: float, *, include_before: bool = False, wire: bool = False
+    ) -> float | None:
+        """Arrival of the first reply frame after `after` that is followed by `gap` s without reply speech
+        (with `wire`, when that frame's packet reached the client).
 
         With `include_before`, the last reply frame at or before `after` is a candidate too: the bot may have
         been between two words when `after` came, and never made another sound.
         """
         now = asyncio.get_running_loop().time()
-        candidates = [t for t in self.voiced if t > after]
+        indexed = list(enumerate(self.voiced))
+        candidates = [(i, t) for i, t in indexed if t > after]
         if include_before:
-            earlier = [t for t in self.voiced if t <= after]
+            earlier = [(i, t) for i, t in indexed if t <= after]
             candidates = earlier[-1:] + candidates
-        for here, following in zip(candidates, candidates[1:] + [now], strict=True):
+        followers = [t for _, t in candidates[1:]] + [now]
+        for (index, here), following in zip(candidates, followers, strict=True):
             if following - here >= gap:
-                return here
+                return self.voiced_wire[index] if wire else here
         return None
 
     def quiet_for(self) -> float:

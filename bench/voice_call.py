@@ -12,6 +12,7 @@ import aiohttp
 import numpy as np
 
 from bench.client_timing import RATE, Playback, TimedRecorder, TimedSource
+from media.aiortc_internals import tap_inbound_rtp
 from bench.speech_sets import Question
 from tests.rtc_client import RtcClient
 
@@ -23,6 +24,7 @@ SETTLED_QUIET_S = 1.0  # a turn is over once the bot has been quiet this long an
 class TurnResult:
     question: Question
     client_ms: float | None  # end of the question's last voiced sample sent -> first reply frame received
+    wire_ms: float | None  # the same, to the arrival of that frame's packet (before the client's jitter buffer)
     server_ms: int | None  # the answering reply's turn_metrics voice_to_voice_ms
     replies: int  # replies that began to play (turn_metrics events) during the turn
     early: bool  # reply speech arrived before the question's last voiced sample was sent
@@ -56,6 +58,10 @@ class BenchCall:
         self._ws = await http.ws_connect(url)
         self._reader = asyncio.ensure_future(self._read_events(self._ws))
         await self.client.connect(http)
+        assert self.client.pc is not None
+        for receiver in self.client.pc.getReceivers():
+            if receiver.track is not None and receiver.track.kind == "audio":
+                tap_inbound_rtp(receiver, self.recorder.on_packet)
         await self.client.wait_connected()
         await asyncio.sleep(0.5)  # let both directions' first packets settle the jitter buffers
 
@@ -114,6 +120,7 @@ class BenchCall:
         return TurnResult(
             question=question,
             client_ms=None if reply is None else (reply - ended) * 1000,
+            wire_ms=None if reply is None else (self.recorder.reply_start(ended, wire=True) - ended) * 1000,  # type: ignore[operator]
             server_ms=metrics[-1].get("voice_to_voice_ms") if metrics else None,
             replies=len(metrics),
             early=self.recorder.voiced_between(started, ended) > 0,

@@ -66,10 +66,12 @@ def percentile(values: list[float], q: int) -> float | None:
 
 def turn_line(label: str, r: TurnResult) -> str:
     client = "  none" if r.client_ms is None else f"{r.client_ms:6.0f}"
+    wire = "  none" if r.wire_ms is None else f"{r.wire_ms:6.0f}"
     server = "  none" if r.server_ms is None else f"{r.server_ms:6d}"
     flags = ("early " if r.early else "") + (f"{r.replies} replies" if r.replies != 1 else "")
     q = r.question
-    return f"{label:>8} {q.set_name:13} {q.voice:30} {q.seconds:4.1f}s client {client} server {server} {flags:16} {r.heard!r}"
+    return (f"{label:>8} {q.set_name:13} {q.voice:24} {q.seconds:4.1f}s client {client} wire {wire} server {server}"
+            f" {flags:16} {r.heard!r}")  # fmt: skip
 
 
 async def token_for(http: aiohttp.ClientSession, base_url: str, user: str) -> str:
@@ -125,7 +127,7 @@ async def run_barge_ins(call: BenchCall, http: aiohttp.ClientSession, args: Args
     for index in range(args.barge_ins):
         result = await barge_in_trial(call, http, args.engines, speech_sets.interruption(index, mark), index)
         out.barges.append(result)
-        stop = "never" if result.stop_ms is None else f"{result.stop_ms:.0f} ms"
+        stop = "never" if result.stop_ms is None else f"{result.stop_ms:.0f} ms (wire {result.wire_stop_ms or 0:.0f} ms)"
         print(f"barge-in {index + 1:2d}: bot's last speech {stop} after the user began, interrupted={result.interrupted}", flush=True)
     for name, make in FALSE_CHECKS.items():
         check = await false_barge_in_check(call, http, args.engines, name, make)
@@ -140,16 +142,19 @@ def figures(values: list[float]) -> str:
 
 def row(label: str, turns: list[TurnResult]) -> str:
     client = [r.client_ms for r in turns if r.client_ms is not None]
+    wire = [r.wire_ms for r in turns if r.wire_ms is not None]
     server = [float(r.server_ms) for r in turns if r.server_ms is not None]
     fragments = sum(r.fragment for r in turns)
     missing = sum(r.client_ms is None for r in turns)
-    return f"{label:22} {len(turns):3d} {figures(client)}   {figures(server)} {fragments:9d} {missing:8d}"
+    return f"{label:22} {len(turns):3d} {figures(client)}   {figures(wire)}   {figures(server)} {fragments:9d} {missing:8d}"
 
 
 def report(args: Args, out: Results) -> None:
     print(f"\n{args.engines} engines, end of turn after {args.end_of_turn_ms} ms of silence; times in ms")
-    print(f"{'voice-to-voice':26} {'at the client':>13}   {'server turn_metrics':>13}")
-    print(f"{'speech set':22} {'n':>3} {'p50':>6} {'p95':>6}   {'p50':>6} {'p95':>6} {'fragments':>9} {'no reply':>8}")
+    print("voice-to-voice at the client: from sending the question's last voiced sample to the reply's first speech,")
+    print("  played: decoded out of aiortc's jitter buffer (it holds 80 ms); wire: that packet's arrival at the client")
+    print(f"{'':26} {'client, played':>13}   {'client, wire':>13}   {'server turn_metrics':>13}")
+    print(f"{'speech set':22} {'n':>3} {'p50':>6} {'p95':>6}   {'p50':>6} {'p95':>6}   {'p50':>6} {'p95':>6} {'fragments':>9} {'no reply':>8}")
     for name in args.sets:
         print(row(name, [r for r in out.turns if r.question.set_name == name]))
     print(row("all sets", out.turns))
@@ -162,10 +167,13 @@ def report(args: Args, out: Results) -> None:
           f"({several} with more than one reply, {early} with reply speech before the question ended)")  # fmt: skip
     if out.barges:
         stops = [b.stop_ms for b in out.barges if b.stop_ms is not None]
+        wires = [b.wire_stop_ms for b in out.barges if b.wire_stop_ms is not None]
         p50, p95 = percentile(stops, 50), percentile(stops, 95)
+        w50, w95 = percentile(wires, 50), percentile(wires, 95)
         print(f"barge-in, user's first voiced sample -> bot's last speech at the client: n={len(out.barges)} "
-              f"p50 {p50 or 0:.0f} p95 {p95 or 0:.0f} ms; interrupted {sum(b.interrupted for b in out.barges)}/"
-              f"{len(out.barges)}, bot never stopped {len(out.barges) - len(stops)}")  # fmt: skip
+              f"played p50 {p50 or 0:.0f} p95 {p95 or 0:.0f} ms, wire p50 {w50 or 0:.0f} p95 {w95 or 0:.0f} ms; "
+              f"interrupted {sum(b.interrupted for b in out.barges)}/{len(out.barges)}, "
+              f"bot never stopped {len(out.barges) - len(stops)}")  # fmt: skip
     for check in out.checks:
         verdict = "ok" if check.interrupted == 0 and check.bot_went_on else "FALSE BARGE-IN"
         print(f"false barge-in, {check.name:28} interrupted {check.interrupted}x, bot went on {check.bot_went_on}: {verdict}")
