@@ -217,10 +217,12 @@ async def test_an_unfinished_turn_is_answered_after_the_hold_if_nothing_follows(
 
 async def test_which_turns_sound_unfinished() -> None:
     for text in ["So,", "So...", "Hello,", "Okay.", "Let me think.", "Could you tell me", "Could you tell me?",
-                 "I want to know the", "What is the time and", "Well, um", "Excuse me,"]:  # fmt: skip
+                 "I want to know the", "What is the time and", "Well, um", "Excuse me,",
+                 "I was thinking about", "Tell me what the weather is like in"]:  # fmt: skip
         assert looks_unfinished(text), text
     for text in ["What time is it?", "Thank you very much for your help.", "Which day is it today?", "Yes.",
-                 "No, thanks.", "Good evening, what's the time?", "", "Hello, what time is it?"]:  # fmt: skip
+                 "No, thanks.", "Good evening, what's the time?", "", "Hello, what time is it?",
+                 "Could you tell me what time it is?", "What is it about?", "Yes, I can.", "I like that."]:  # fmt: skip
         assert not looks_unfinished(text), text
 
 
