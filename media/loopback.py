@@ -17,8 +17,13 @@ def to_mono_48k(frame: av.AudioFrame) -> np.ndarray:
     channels = len(frame.layout.channels)
     if channels == 1:
         return samples
+    by_channel = samples.reshape(-1, channels)
+    first = by_channel[:, 0]
+    # A mono Opus stream decodes to identical channels, whose average is the first one: no arithmetic.
+    if (by_channel == first[:, None]).all():
+        return first.copy()
     # Interleaved: average the channels in int32 so the sum cannot overflow.
-    return (samples.reshape(-1, channels).astype(np.int32).sum(axis=1) // channels).astype(np.int16)
+    return (by_channel.astype(np.int32).sum(axis=1) // channels).astype(np.int16)
 
 
 _MAX_QUEUED_SAMPLES = SAMPLE_RATE // 10

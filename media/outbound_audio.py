@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import av
@@ -9,7 +10,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.audio_buffer import SampleQueue
-from media.opus_encoder import InlineOpusEncoder
+from media.opus_encoder import TIME_BASE, InlineOpusEncoder
 from media.pacing import FramePacer
 from media.relay_audio import RelayAudioBuffer
 
@@ -17,12 +18,17 @@ SAMPLE_RATE = 48_000
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
 
+_SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+_SILENCE.flags.writeable = False
+
 
 class PacedAudioTrack(MediaStreamTrack):
     """Plays whatever was queued, silence otherwise, paced by the event loop's monotonic clock.
 
     Timestamps advance by exactly one frame per frame, so the receiver's clock never drifts.
-    It yields encoded Opus packets (see media.opus_encoder), which aiortc sends as they are.
+    It yields encoded Opus packets (see media.opus_encoder), which aiortc sends as they are. Normally
+    nothing awaits `recv`: the call's sender takes `next_payload` from the shared frame clock
+    (media.rtp_send_path); `recv` paces itself for a sender left to aiortc's own loop.
     """
 
     kind = "audio"
@@ -40,6 +46,8 @@ class PacedAudioTrack(MediaStreamTrack):
         self.frames_sent = 0
         self.audio_samples_sent = 0  # samples of real (queued) audio among those sent
         self._pacer = FramePacer(FRAME_MS / 1000)
+        self._last_frame_at: float | None = None
+        self._max_gap_ms = 0.0
 
     def push(self, samples: np.ndarray) -> int:
         """Queue 48 kHz mono int16 samples; returns the position of the first (see `when_sent`)."""
@@ -59,10 +67,10 @@ class PacedAudioTrack(MediaStreamTrack):
     @property
     def max_frame_gap_ms(self) -> float:
         """The longest wait between two frames handed to the sender since the last reset."""
-        return self._pacer.max_gap_ms
+        return self._max_gap_ms
 
     def reset_gap_stats(self) -> None:
-        self._pacer.max_gap_ms = 0.0
+        self._max_gap_ms = 0.0
 
     @property
     def queued_samples(self) -> int:
@@ -79,20 +87,33 @@ class PacedAudioTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         await self._pacer.wait_for(self.frames_sent)
-        if self.readyState != "live":
-            raise MediaStreamError
+        pts = self.frames_sent * FRAME_SAMPLES
+        payload = self.next_payload()
+        packet = av.Packet(payload)
+        packet.pts = pts
+        packet.time_base = TIME_BASE
+        return packet
+
+    def next_payload(self) -> bytes:
+        """The next 20 ms frame as an Opus payload; its pts is `frames_sent * FRAME_SAMPLES` before the call."""
         encoder = self._encoder
-        if encoder is None:
+        if self.readyState != "live" or encoder is None:
             raise MediaStreamError
         relay = self.relay
-        if relay is None:
-            samples, real = self.queue.pop(FRAME_SAMPLES)
-        else:
+        if relay is not None:
             samples = relay.pop(FRAME_SAMPLES)
             real = FRAME_SAMPLES if self.relay_speaking else 0
-        packet = encoder.encode(samples, self.frames_sent * FRAME_SAMPLES)
+        elif len(self.queue):
+            samples, real = self.queue.pop(FRAME_SAMPLES)
+        else:
+            samples, real = _SILENCE, 0  # what an empty queue pops, without making it
+        payload = encoder.encode_payload(samples)
         for listener in self.sent_listeners:
             listener(samples)
         self.frames_sent += 1
         self.audio_samples_sent += real
-        return packet
+        now = time.monotonic()
+        if self._last_frame_at is not None:
+            self._max_gap_ms = max(self._max_gap_ms, (now - self._last_frame_at) * 1000)
+        self._last_frame_at = now
+        return payload

@@ -64,34 +64,54 @@ class SileroVad:
         """Forget the stream: zero state and context, drop any partial window."""
         self._h = np.zeros(_STATE_SHAPE, dtype=np.float32)
         self._c = np.zeros(_STATE_SHAPE, dtype=np.float32)
-        self._context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)
-        self._pending = np.zeros(0, dtype=np.float32)
+        # The next window as it fills: the last window's last 64 samples, then the samples since.
+        # Filled in place, so the usual 20 ms chunk costs one conversion and no new arrays.
+        self._window = np.zeros(CONTEXT_SAMPLES + WINDOW_SAMPLES, dtype=np.float32)
+        self._filled = 0
         self.windows = 0  # windows evaluated so far; window i covers samples [512*i, 512*(i+1))
 
     @property
     def pending_samples(self) -> int:
         """Samples received but not yet part of an evaluated window."""
-        return self._pending.size
+        return self._filled
 
     def process(self, samples: np.ndarray) -> np.ndarray:
         """Probabilities (float32) for every window completed by `samples`, usually 0 or 1 of them."""
         if samples.dtype != np.int16:
             raise ValueError(f"SileroVad takes int16 samples, got {samples.dtype}")
-        audio = samples.reshape(-1).astype(np.float32) * _INT16_SCALE
-        if self._pending.size:
-            audio = np.concatenate((self._pending, audio))
-        count = audio.size // WINDOW_SAMPLES
-        if count == 0:
-            self._pending = audio
+        flat = samples.reshape(-1)
+        window, filled = self._window, self._filled
+        start = CONTEXT_SAMPLES + filled
+        if filled + flat.size < WINDOW_SAMPLES:  # no window completes
+            np.multiply(flat, _INT16_SCALE, out=window[start : start + flat.size], casting="unsafe")
+            self._filled += flat.size
             return _NO_PROBS
+        if filled + flat.size >= 2 * WINDOW_SAMPLES:
+            return self._process_many(flat)
+        # Exactly one window completes: run it, then its tail is the next window's context.
+        take = WINDOW_SAMPLES - filled
+        np.multiply(flat[:take], _INT16_SCALE, out=window[start:], casting="unsafe")
+        probs, self._h, self._c = self._session.run(None, {"input": window[None], "h": self._h, "c": self._c})
+        window[:CONTEXT_SAMPLES] = window[WINDOW_SAMPLES:]
+        rest = flat.size - take
+        np.multiply(flat[take:], _INT16_SCALE, out=window[CONTEXT_SAMPLES : CONTEXT_SAMPLES + rest], casting="unsafe")
+        self._filled = rest
+        self.windows += 1
+        return probs.reshape(-1)
+
+    def _process_many(self, flat: np.ndarray) -> np.ndarray:
+        """Several windows at once: one run over all of them (the model's first axis is time)."""
+        audio = np.concatenate((self._window[CONTEXT_SAMPLES : CONTEXT_SAMPLES + self._filled], flat.astype(np.float32) * _INT16_SCALE))
+        count = audio.size // WINDOW_SAMPLES
         windows = audio[: count * WINDOW_SAMPLES].reshape(count, WINDOW_SAMPLES)
         batch = np.empty((count, CONTEXT_SAMPLES + WINDOW_SAMPLES), dtype=np.float32)
-        batch[0, :CONTEXT_SAMPLES] = self._context
+        batch[0, :CONTEXT_SAMPLES] = self._window[:CONTEXT_SAMPLES]
         batch[1:, :CONTEXT_SAMPLES] = windows[:-1, -CONTEXT_SAMPLES:]
         batch[:, CONTEXT_SAMPLES:] = windows
-        # The model's first axis is time: one run over several windows carries h, c through them.
         probs, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
-        self._context = windows[-1, -CONTEXT_SAMPLES:].copy()
-        self._pending = audio[count * WINDOW_SAMPLES :].copy()
+        rest = audio.size - count * WINDOW_SAMPLES
+        self._window[:CONTEXT_SAMPLES] = windows[-1, -CONTEXT_SAMPLES:]
+        self._window[CONTEXT_SAMPLES : CONTEXT_SAMPLES + rest] = audio[count * WINDOW_SAMPLES :]
+        self._filled = rest
         self.windows += count
         return probs.reshape(-1)

@@ -1,0 +1,82 @@
+"""One 20 ms clock for every call's outbound audio on an event loop.
+
+A sleeping coroutine per track costs a timer, a future and a task step per frame per call; one
+timer that hands each registered stream its frame in turn costs one timer per 20 ms for all of
+them. Pacing is FramePacer's: tick n is due at anchor + n * interval, without drift; a tick more
+than 60 ms late re-anchors the schedule instead of bursting frames to catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+FRAME_S = 0.02
+_MAX_LATE_S = 0.06
+
+_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameClock] = weakref.WeakKeyDictionary()
+
+
+class FrameClock:
+    """Calls every registered callback once per tick, in the order they were added."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float = FRAME_S) -> None:
+        self._loop = loop
+        self._interval_s = interval_s
+        self._streams: dict[int, Callable[[], None]] = {}
+        self._next_id = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._anchor = 0.0
+        self._ticks = 0
+        self.reanchored = 0  # times the loop fell more than 60 ms behind
+
+    def add(self, on_tick: Callable[[], None]) -> int:
+        """Start calling `on_tick` every tick; returns the id to remove it with."""
+        stream_id = self._next_id
+        self._next_id += 1
+        self._streams[stream_id] = on_tick
+        if self._timer is None:
+            self._anchor = self._loop.time() + self._interval_s
+            self._ticks = 0
+            self._timer = self._loop.call_at(self._anchor, self._tick)
+        return stream_id
+
+    def remove(self, stream_id: int) -> None:
+        """Stop calling a stream back (idempotent); the timer stops with the last one."""
+        self._streams.pop(stream_id, None)
+        if not self._streams and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def _tick(self) -> None:
+        for on_tick in list(self._streams.values()):
+            try:
+                on_tick()
+            except Exception:  # one stream's failure must not silence the others
+                log.exception("an outbound stream failed on its tick")
+        if not self._streams:
+            self._timer = None
+            return
+        self._ticks += 1
+        due = self._anchor + self._ticks * self._interval_s
+        now = self._loop.time()
+        if now - due > _MAX_LATE_S:
+            self.reanchored += 1
+            self._anchor, self._ticks, due = now, 0, now
+        self._timer = self._loop.call_at(due, self._tick)
+
+
+def frame_clock() -> FrameClock:
+    """The running loop's clock (made on first use)."""
+    loop = asyncio.get_running_loop()
+    clock = _clocks.get(loop)
+    if clock is None:
+        clock = _clocks[loop] = FrameClock(loop)
+    return clock
