@@ -1,8 +1,11 @@
 """Every reach into aiortc below its public API, in one place, checked once at start.
 
-Three things the server needs that aiortc does not offer publicly:
+What the server needs that aiortc does not offer publicly:
 - seeing inbound RTP packets before the jitter buffer (the exact microphone meter);
 - handing the sender ready-encoded Opus packets (no encoder thread per call);
+- sending outbound audio from one shared clock instead of a sender loop per call (media.rtp_send_path);
+- decoding inbound audio on the loop as it arrives instead of in a thread per call (media.rtp_receive_path);
+- releasing inbound audio packets as they arrive instead of 80 ms later (media.audio_jitter);
 - parsing SDP and candidate lines before they reach a peer connection (clear 400s).
 `check_aiortc()` refuses to start on an aiortc that no longer has what these rely on, rather
 than metering wrongly or failing inside a call.
@@ -18,6 +21,10 @@ from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpReceiver, RTCRtpSen
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from media.audio_jitter import check_audio_jitter
+from media.rtp_receive_path import check_receive_path, restore_receiver
+from media.rtp_send_path import check_send_path, restore_sender
 
 # The versions these reaches were read from and are tested against (pyproject.toml pins the same).
 SUPPORTED = ((1, 14), (1, 16))
@@ -45,6 +52,7 @@ def check_aiortc() -> None:
         problems.append("RTCRtpSender._next_encoded_frame packing pre-encoded packets")
     if not callable(getattr(OpusEncoder, "pack", None)):
         problems.append("OpusEncoder.pack(packet)")
+    problems += check_send_path() + check_receive_path() + check_audio_jitter()
     if problems:
         raise UnsupportedAiortc(f"aiortc {found} lacks what the server relies on: {'; '.join(problems)}")
 
@@ -74,6 +82,8 @@ def release_transports(pc: RTCPeerConnection) -> None:
     its own listeners, which tie the peer connection (and the call) into a cycle only a full collection frees."""
     for transceiver in pc.getTransceivers():
         untap_inbound_rtp(transceiver.receiver)
+        restore_receiver(transceiver.receiver)
+        restore_sender(transceiver.sender)
         for transport in {transceiver.sender.transport, transceiver.receiver.transport}:
             if transport is not None:
                 transport.remove_all_listeners()

@@ -101,8 +101,7 @@ class PromptJitterAdapter:
 
 def check_audio_jitter() -> list[str]:
     """What use_prompt_jitter_buffer needs from aiortc but does not find (empty when all is there)."""
-    init = inspect.getsource(RTCRtpReceiver.__init__)
-    handler = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    init, handler = (_source(RTCRtpReceiver, name) for name in ("__init__", "_handle_rtp_packet"))
     problems = []
     if "self.__jitter_buffer = JitterBuffer(capacity=16, prefetch=4)" not in init:
         problems.append("RTCRtpReceiver.__jitter_buffer for audio")
@@ -119,3 +118,8 @@ def use_prompt_jitter_buffer(receiver: RTCRtpReceiver) -> PromptJitterAdapter:
     adapter = PromptJitterAdapter(receiver)
     receiver._RTCRtpReceiver__jitter_buffer = adapter  # type: ignore[attr-defined]
     return adapter
+
+
+def _source(owner: object, name: str) -> str:
+    member = getattr(owner, name, None)
+    return inspect.getsource(member) if member is not None else ""

@@ -12,8 +12,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import av
+
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from media.aiortc_internals import release_transports, tap_inbound_rtp
@@ -25,6 +26,9 @@ from media.call_usage import CallUsage, MeterSample
 from media.call_watchdog import watch_call
 from media.outbound_audio import PacedAudioTrack
 from media.pipeline import CallPipeline, PipelineContext, PipelineFactory
+from media.audio_jitter import use_prompt_jitter_buffer
+from media.rtp_receive_path import InlineDecoder, decode_inline
+from media.rtp_send_path import send_from_clock
 from media.sdp_check import InvalidOffer, check_offer
 from media.session_lobby import SessionLobby
 from media.speech_output import SpeechRouter
@@ -83,6 +87,7 @@ class Call:
         self._on_ended = on_ended
         self._pc: RTCPeerConnection | None = None
         self._pipeline: CallPipeline | None = None
+        self._decoders: list[InlineDecoder] = []
         self._accepted = False
         self._last_media_at = 0.0
         self._frame_error_logged_at = float("-inf")
@@ -112,7 +117,13 @@ class Call:
                     if transceiver.kind == "audio":
                         # Opus only: the inbound meter reads Opus packet durations.
                         transceiver.setCodecPreferences(_OPUS)
-                pc.addTrack(self.audio_out)
+                # Outbound audio goes from the shared frame clock, inbound audio is decoded as it arrives.
+                send_from_clock(pc.addTrack(self.audio_out), self.audio_out)
+                for transceiver in pc.getTransceivers():
+                    if transceiver.kind == "audio":
+                        tap_inbound_rtp(transceiver.receiver, self._on_inbound_rtp)
+                        use_prompt_jitter_buffer(transceiver.receiver)  # no 80 ms held back before decoding
+                        self._decoders.append(decode_inline(transceiver.receiver))
                 if self._avatar_factory is not None and any(t.kind == "video" for t in pc.getTransceivers()):
                     self._add_avatar(pc)
                 await pc.setLocalDescription(await pc.createAnswer())
@@ -131,10 +142,8 @@ class Call:
         self._pipeline = self._pipeline_factory(PipelineContext(self.session_id, self.user_id, self.events, self.audio_out, self.speech))
         await self._pipeline.start()
         # No renegotiation: the offer's tracks are all the tracks this call will have.
-        for receiver in pc.getReceivers():
-            if receiver.track is not None and receiver.track.kind == "audio":
-                tap_inbound_rtp(receiver, self._on_inbound_rtp)
-                self._spawn(self._consume_audio(receiver.track), f"inbound-audio-{receiver.track.id}")
+        for decoder in self._decoders:
+            decoder.attach(self._on_audio_frame)
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             self._spawn(self._apply_candidate(candidate), "pending-candidate")
@@ -200,23 +209,20 @@ class Call:
         self._last_media_at = asyncio.get_running_loop().time()
         self.usage.on_inbound_audio_packet(packet)
 
-    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+    def _on_audio_frame(self, frame: av.AudioFrame) -> None:
+        """Every decoded inbound frame, as its packet arrives (media.rtp_receive_path)."""
         pipeline = self._pipeline
-        assert pipeline is not None
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            try:
-                pipeline.on_audio_frame(frame)
-            except Exception:
-                # One bad frame costs that frame only: the call keeps listening.
-                self.frames_failed += 1
-                now = asyncio.get_running_loop().time()
-                if now - self._frame_error_logged_at >= _FRAME_ERROR_LOG_INTERVAL_S:
-                    self._frame_error_logged_at = now
-                    log.warning("call %s: skipped an inbound frame (%d so far)", self.session_id, self.frames_failed, exc_info=True)
+        if pipeline is None or self._closing is not None:
+            return
+        try:
+            pipeline.on_audio_frame(frame)
+        except Exception:
+            # One bad frame costs that frame only: the call keeps listening.
+            self.frames_failed += 1
+            now = asyncio.get_running_loop().time()
+            if now - self._frame_error_logged_at >= _FRAME_ERROR_LOG_INTERVAL_S:
+                self._frame_error_logged_at = now
+                log.warning("call %s: skipped an inbound frame (%d so far)", self.session_id, self.frames_failed, exc_info=True)
 
     def _on_connection_state(self) -> None:
         assert self._pc is not None
@@ -288,6 +294,8 @@ class Call:
         async with self._offer_lock:
             self.end_reason = reason
             self._set_state(CallState.ENDING, announce=False)
+            for decoder in self._decoders:
+                decoder.attach(None)  # the pipeline hears nothing more
             current = asyncio.current_task()
             tasks = [t for t in self._tasks if t is not current]
             for task in tasks:

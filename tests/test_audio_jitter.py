@@ -7,6 +7,7 @@ import fractions
 
 import av
 import numpy as np
+import pytest
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
@@ -107,3 +108,33 @@ def test_late_and_repeated_packets_are_dropped_and_the_sequence_wraps() -> None:
 
 def test_aiortc_still_has_what_the_buffer_replaces() -> None:
     assert check_audio_jitter() == []
+
+
+def test_an_aiortc_without_the_audio_buffer_is_refused(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from aiortc import RTCRtpReceiver
+
+    monkeypatch.delattr(RTCRtpReceiver, "_handle_rtp_packet")
+    assert any("_handle_rtp_packet" in problem for problem in check_audio_jitter())
+
+
+async def test_a_receiver_with_the_prompt_buffer_decodes_every_packet_as_it_arrives() -> None:
+    """A real RTCRtpReceiver with the buffer and the inline decoder: each packet is decoded during its
+    own handling (aiortc's holds four back), bit for bit the audio a stock receiver decodes."""
+    from media.audio_jitter import use_prompt_jitter_buffer
+    from media.rtp_receive_path import decode_inline
+    from tests.test_rtp_receive_path import key, new_receiver, opus_payloads, parameters, rtp_stream, speech_with_pauses, stock_decode
+
+    stream = rtp_stream(opus_payloads(speech_with_pauses()), 65_500, 2**32 - FRAME * 50)  # both counters wrap
+    receiver = new_receiver()
+    use_prompt_jitter_buffer(receiver)
+    decoder = decode_inline(receiver)
+    frames: list[tuple] = []
+    decoder.attach(lambda frame: frames.append(key(frame)))
+    await receiver.receive(parameters())
+    for count, packet in enumerate(stream, start=1):
+        await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
+        assert len(frames) == count  # decoded before the next packet arrived
+    await receiver.stop()
+    stock = await stock_decode(stream)
+    assert len(stock) == len(stream) - 4
+    assert frames[: len(stock)] == stock
