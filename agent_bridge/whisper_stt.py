@@ -9,6 +9,7 @@ a worker of their own and start only while no deciding pass is queued or running
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -161,7 +162,7 @@ class WhisperSpeechToText(SpeechToText):
     @property
     def interim_allowed(self) -> bool:
         """Interims are a courtesy: none while a deciding pass is due, and one at a time."""
-        return self._pending == 0 and self._interims == 0
+        return self.idle
 
     async def warm_up(self) -> None:
         """Load the model and run one throwaway pass on the worker, so the first turn is not slower."""
@@ -253,12 +254,13 @@ class WhisperSpeechToText(SpeechToText):
         }
 
 
-def _prompt(model: WhisperModel) -> tuple[list[int], int]:
+@functools.cache  # models live for the process (shared_model), so this is made once per model
+def _prompt(model: WhisperModel) -> tuple[tuple[int, ...], int]:
     """English transcription without timestamps: the decoder's prompt, and its end-of-text token."""
     from faster_whisper.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en")
-    return [*tokenizer.sot_sequence, tokenizer.no_timestamps], tokenizer.eot
+    return (*tokenizer.sot_sequence, tokenizer.no_timestamps), tokenizer.eot
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,7 +76,7 @@ def collapse_repetition(text: str) -> str:
     return text
 
 
-def transcribe_window(model: WhisperModel, audio: np.ndarray, prompt: list[int], eot: int) -> WindowSegment:
+def transcribe_window(model: WhisperModel, audio: np.ndarray, prompt: Sequence[int], eot: int) -> WindowSegment:
     """One greedy pass over `audio` (float32, 16 kHz, at most MAX_AUDIO_SAMPLES) without timestamps."""
     from faster_whisper.transcribe import get_ctranslate2_storage
 
@@ -88,7 +89,7 @@ def transcribe_window(model: WhisperModel, audio: np.ndarray, prompt: list[int],
     features = model.feature_extractor(padded)[:, :frames]
     result = model.model.generate(
         get_ctranslate2_storage(np.ascontiguousarray(features[np.newaxis], dtype=np.float32)),
-        [prompt],
+        [list(prompt)],
         beam_size=1,
         max_length=max_tokens(audio.size),
         suppress_blank=True,
