@@ -120,7 +120,8 @@ class VoicePipeline(CallPipeline):
             self._pauses += 1
             if not self._closing_turns:  # a pass now would be of the turn still closing
                 self._use.stt.speech_paused()
-                self._spawn(self._draft_reply(self._pauses))
+                if self._use.tts.discard_is_free:  # else nothing may be spoken ahead
+                    self._spawn(self._draft_reply(self._pauses))
         elif event.type is TurnEventType.SPEECH_RESUMED:
             self._paused = False
             self._drop_ahead()
@@ -159,8 +160,6 @@ class VoicePipeline(CallPipeline):
 
     async def _draft_reply(self, pause: int) -> None:
         """Write and speak the reply to the turn so far, unheard, while the pause may yet end the turn."""
-        if not self._use.tts.discard_is_free:
-            return
         try:
             text = await self._use.stt.paused_transcript()
         except Exception:  # the turn's own pass will report it
@@ -180,8 +179,7 @@ class VoicePipeline(CallPipeline):
         """What _answer would put before this turn's transcript; None while any of it is not known yet."""
         if not all(task.done() for task in self._said):
             return None
-        heard = [t.result() for t in self._said if not t.cancelled() and t.exception() is None]
-        return self._join.carried + [t.text for t in heard if t is not None]
+        return self._join.carried + _heard(self._said)
 
     def _drop_ahead(self) -> None:
         if self._ahead is not None:
@@ -208,8 +206,7 @@ class VoicePipeline(CallPipeline):
         # asyncio.wait, not gather: if this answer is dropped (the user spoke on), the transcripts live on.
         if said:
             await asyncio.wait(said)
-        heard = [t.result() for t in said if not t.cancelled() and t.exception() is None]
-        texts = self._join.take_carried() + [t.text for t in heard if t is not None]
+        texts = self._join.take_carried() + _heard(said)
         if not texts:
             return
         text = " ".join(texts)
@@ -289,3 +286,8 @@ class VoicePipeline(CallPipeline):
         await self._replies.aclose()
         await self._use.aclose()
 
+
+def _heard(said: list[asyncio.Task[Transcript | None]]) -> list[str]:
+    """The texts of the finished transcriptions that heard something (failed or dropped ones say nothing)."""
+    transcripts = [t.result() for t in said if t.done() and not t.cancelled() and t.exception() is None]
+    return [t.text for t in transcripts if t is not None]
