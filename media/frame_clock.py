@@ -2,8 +2,9 @@
 
 A sleeping coroutine per track costs a timer, a future and a task step per frame per call; one
 timer that hands each registered stream its frame in turn costs one timer per 20 ms for all of
-them. Pacing is FramePacer's: tick n is due at anchor + n * interval, without drift; a tick more
-than 60 ms late re-anchors the schedule instead of bursting frames to catch up.
+them. Pacing is media.pacing.FrameSchedule's, as for a self-paced track: tick n is due at
+anchor + n * interval, without drift; a tick more than 60 ms late re-anchors the schedule instead of
+bursting frames to catch up.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import logging
 import weakref
 from collections.abc import Callable
 
+from media.pacing import FrameSchedule
+
 log = logging.getLogger(__name__)
 
 FRAME_S = 0.02
-_MAX_LATE_S = 0.06
 
 _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameClock] = weakref.WeakKeyDictionary()
 
@@ -30,9 +32,8 @@ class FrameClock:
         self._streams: dict[int, Callable[[], None]] = {}
         self._next_id = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._anchor = 0.0
+        self._schedule = FrameSchedule(interval_s)
         self._ticks = 0
-        self.reanchored = 0  # times the loop fell more than 60 ms behind
 
     def add(self, on_tick: Callable[[], None]) -> int:
         """Start calling `on_tick` every tick; returns the id to remove it with."""
@@ -40,9 +41,10 @@ class FrameClock:
         self._next_id += 1
         self._streams[stream_id] = on_tick
         if self._timer is None:
-            self._anchor = self._loop.time() + self._interval_s
+            first = self._loop.time() + self._interval_s
+            self._schedule.start(0, first)
             self._ticks = 0
-            self._timer = self._loop.call_at(self._anchor, self._tick)
+            self._timer = self._loop.call_at(first, self._tick)
         return stream_id
 
     def remove(self, stream_id: int) -> None:
@@ -55,6 +57,11 @@ class FrameClock:
     def __len__(self) -> int:
         return len(self._streams)
 
+    @property
+    def reanchored(self) -> int:
+        """Times the loop fell more than 60 ms behind."""
+        return self._schedule.reanchored
+
     def _tick(self) -> None:
         for on_tick in list(self._streams.values()):
             try:
@@ -65,12 +72,7 @@ class FrameClock:
             self._timer = None
             return
         self._ticks += 1
-        due = self._anchor + self._ticks * self._interval_s
-        now = self._loop.time()
-        if now - due > _MAX_LATE_S:
-            self.reanchored += 1
-            self._anchor, self._ticks, due = now, 0, now
-        self._timer = self._loop.call_at(due, self._tick)
+        self._timer = self._loop.call_at(self._schedule.due(self._ticks, self._loop.time()), self._tick)
 
 
 def frame_clock() -> FrameClock:
