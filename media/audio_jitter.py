@@ -13,12 +13,13 @@ released together, in order. Late or repeated packets are dropped. In-order audi
 
 from __future__ import annotations
 
-import inspect
 import weakref
 
 from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RtpPacket
+
+from media.rtp_receive_path import source_of
 
 MAX_HOLD = 3  # packets (60 ms) waited behind a gap before its missing packet is taken for lost
 _HALF = 1 << 15
@@ -101,7 +102,7 @@ class PromptJitterAdapter:
 
 def check_audio_jitter() -> list[str]:
     """What use_prompt_jitter_buffer needs from aiortc but does not find (empty when all is there)."""
-    init, handler = (_source(RTCRtpReceiver, name) for name in ("__init__", "_handle_rtp_packet"))
+    init, handler = (source_of(RTCRtpReceiver, name) for name in ("__init__", "_handle_rtp_packet"))
     problems = []
     if "self.__jitter_buffer = JitterBuffer(capacity=16, prefetch=4)" not in init:
         problems.append("RTCRtpReceiver.__jitter_buffer for audio")
@@ -119,7 +120,3 @@ def use_prompt_jitter_buffer(receiver: RTCRtpReceiver) -> PromptJitterAdapter:
     receiver._RTCRtpReceiver__jitter_buffer = adapter  # type: ignore[attr-defined]
     return adapter
 
-
-def _source(owner: object, name: str) -> str:
-    member = getattr(owner, name, None)
-    return inspect.getsource(member) if member is not None else ""

@@ -51,9 +51,9 @@ _rerouted: weakref.WeakKeyDictionary[RTCDtlsTransport, list[StunProtocol]] = wea
 def check_receive_path() -> list[str]:
     """What this module needs from aiortc and aioice but does not find (empty when all is there)."""
     problems = []
-    init = _source(RTCRtpReceiver, "__init__")
-    receive = _source(RTCRtpReceiver, "receive")
-    handler = _source(RTCRtpReceiver, "_handle_rtp_packet")
+    init = source_of(RTCRtpReceiver, "__init__")
+    receive = source_of(RTCRtpReceiver, "receive")
+    handler = source_of(RTCRtpReceiver, "_handle_rtp_packet")
     if "self.__decoder_queue: queue.Queue = queue.Queue()" not in init or "self.__decoder_queue," not in receive:
         problems.append("RTCRtpReceiver.__decoder_queue handed to its decoder thread")
     if "self.__decoder_queue.put((codec, encoded_frame))" not in handler:
@@ -61,16 +61,16 @@ def check_receive_path() -> list[str]:
     worker = inspect.getsource(decoder_worker)
     if "task = input_q.get()" not in worker or "if task is None:" not in worker:
         problems.append("aiortc decoder_worker ending on a None task")
-    recv_next = _source(RTCDtlsTransport, "_recv_next")
+    recv_next = source_of(RTCDtlsTransport, "_recv_next")
     if "data = self._rx_srtp.unprotect(data)" not in recv_next or "await self._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" not in recv_next:
         problems.append("RTCDtlsTransport._recv_next unprotecting SRTP for _handle_rtp_data")
-    if "self.receiver.data_received(data, self.local_candidate.component)" not in _source(StunProtocol, "datagram_received"):
+    if "self.receiver.data_received(data, self.local_candidate.component)" not in source_of(StunProtocol, "datagram_received"):
         problems.append("aioice StunProtocol.datagram_received -> Connection.data_received")
     return problems
 
 
-def _source(owner: object, name: str) -> str:
-    """The source of `owner.name`, or "" when it is not there."""
+def source_of(owner: object, name: str) -> str:
+    """The source of `owner.name`, or "" when it is not there (for the checks of aiortc's internals)."""
     member = getattr(owner, name, None)
     return inspect.getsource(member) if member is not None else ""
 

@@ -267,6 +267,6 @@ async def test_over_real_sockets_the_datagram_path_delivers_everything_and_decod
 
 
 async def test_an_aiortc_without_the_decoder_queue_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rtp_receive_path, "_source", lambda owner, name: "")
+    monkeypatch.setattr(rtp_receive_path, "source_of", lambda owner, name: "")
     with pytest.raises(UnsupportedAiortc, match="decoder"):
         check_aiortc()
