@@ -6,17 +6,11 @@ re-encodes it (in its encoder thread) and sends it. Usage: python bench/aiortc_e
 
 from __future__ import annotations
 
-import argparse
-import uuid
-
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from echo_routes import port_argument, serve_echo  # a sibling: this runs as a script
 
 pcs: dict[str, RTCPeerConnection] = {}
-
-
-async def create(request: web.Request) -> web.Response:
-    return web.json_response({"session_id": uuid.uuid4().hex}, status=201)
 
 
 async def offer(request: web.Request) -> web.Response:
@@ -36,13 +30,7 @@ async def hangup(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    port = parser.parse_args().port
-    app = web.Application()
-    app.add_routes([web.post("/api/v1/sessions", create), web.post("/api/v1/sessions/{id}/offer", offer),
-                    web.delete("/api/v1/sessions/{id}", hangup)])  # fmt: skip
-    web.run_app(app, host="127.0.0.1", port=port, print=lambda _: print(f"Serving on http://127.0.0.1:{port}", flush=True))
+    serve_echo(port_argument(__doc__), offer, hangup)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from bench.server_process import free_port, server_process
+from bench.server_process import free_port, server_process, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = 0
@@ -79,23 +78,10 @@ def skip_reason(name: str) -> str | None:
 
 @contextmanager
 def _script_server(python: Path | str, script: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
     env = {**os.environ, "LOGURU_LEVEL": "WARNING"}  # Pipecat logs at DEBUG from its import on
-    args = [str(python), str(ROOT / "bench" / script), "--port", str(port)]
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("Serving on "):
-            raise RuntimeError(f"{script} did not start: {line!r}")
-        yield line.split()[-1], proc
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = [str(python), str(ROOT / "bench" / script), "--port", str(free_port())]
+    with serving(args, env, script) as started:
+        yield started
 
 
 async def _dev_token(base_url: str) -> str:

@@ -8,12 +8,11 @@ WARNING (bench/load.py also sets LOGURU_LEVEL, for what Pipecat logs on import).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
-import uuid
 
 from aiohttp import web
+from echo_routes import port_argument, serve_echo  # a sibling: this runs as a script
 from loguru import logger
 from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -36,10 +35,6 @@ class Echo(FrameProcessor):
         if isinstance(frame, InputAudioRawFrame):
             frame = OutputAudioRawFrame(audio=frame.audio, sample_rate=frame.sample_rate, num_channels=frame.num_channels)
         await self.push_frame(frame, direction)
-
-
-async def create(request: web.Request) -> web.Response:
-    return web.json_response({"session_id": uuid.uuid4().hex}, status=201)
 
 
 async def offer(request: web.Request) -> web.Response:
@@ -74,15 +69,10 @@ async def hangup(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    port = parser.parse_args().port
+    port = port_argument(__doc__)
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
-    app = web.Application()
-    app.add_routes([web.post("/api/v1/sessions", create), web.post("/api/v1/sessions/{id}/offer", offer),
-                    web.delete("/api/v1/sessions/{id}", hangup)])  # fmt: skip
-    web.run_app(app, host="127.0.0.1", port=port, print=lambda _: print(f"Serving on http://127.0.0.1:{port}", flush=True))
+    serve_echo(port, offer, hangup)
 
 
 if __name__ == "__main__":

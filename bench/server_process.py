@@ -31,20 +31,30 @@ UNLIMITED = {
 
 
 @contextmanager
+def serving(args: list[str], env: dict[str, str], what: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Start a server process; yields (base_url, process) once it prints "Serving on <url>", and stops it
+    with SIGINT at the end (at once: SIGTERM would let calls still live drain first), killed if it lingers."""
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("Serving on "):
+            raise RuntimeError(f"{what} did not start: {line!r}")
+        yield line.split()[-1], proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
 def server_process(**env: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """Yields (base_url, process) once the server prints that it serves."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-var-") as var_dir:
         full_env = {**os.environ, "PORT": str(port), "VAR_DIR": var_dir, "DEV_MODE": "1", "LOG_LEVEL": "WARNING", **UNLIMITED, **env}
-        proc = subprocess.Popen(
-            [sys.executable, "run.py"], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line.startswith("Serving on "):
-                raise RuntimeError(f"server did not start: {line!r}")
-            yield line.split()[-1], proc
-        finally:
-            proc.send_signal(signal.SIGINT)  # at once: SIGTERM would let calls still live drain first
-            proc.wait(timeout=30)
+        with serving([sys.executable, "run.py"], full_env, "server") as started:
+            yield started
