@@ -81,7 +81,14 @@ class SessionRepository:
         self._pool = pool
 
     async def create(
-        self, user_id: str, ttl_seconds: int, node_id: str, *, max_open: int = 0, max_per_minute: int = 0
+        self,
+        user_id: str,
+        ttl_seconds: int,
+        node_id: str,
+        *,
+        max_open: int = 0,
+        max_per_minute: int = 0,
+        voice_id: str | None = None,
     ) -> SessionRecord:
         """A new session; with limits (0 = none), checked and inserted atomically across nodes.
 
@@ -98,15 +105,20 @@ class SessionRepository:
                     raise SessionRateLimited(max(1, math.ceil(float(counts["window_left_s"]))))
             row = await conn.fetchrow(
                 f"""
-                insert into user_sessions(user_id, node_id, expires_at)
-                values ($1, $2, now() + make_interval(secs => $3))
+                insert into user_sessions(user_id, node_id, expires_at, voice_id)
+                values ($1, $2, now() + make_interval(secs => $3), $4)
                 returning {_COLUMNS}
                 """,
                 user_id,
                 node_id,
                 float(ttl_seconds),
+                voice_id,
             )
         return SessionRecord.from_row(row)
+
+    async def voice_of(self, session_id: uuid.UUID) -> str | None:
+        """The TTS voice the session's call speaks in; None: the engine's own."""
+        return await self._pool.fetchval("select voice_id from user_sessions where id = $1", session_id)
 
     async def get_for_user(self, session_id: uuid.UUID, user_id: str) -> SessionRecord | None:
         """The session if it belongs to this user: a foreign session is indistinguishable from none."""

@@ -264,3 +264,28 @@ class UsageRepository:
             remaining = None if limit is None else max(limit - row["used"] - row["reserved"], 0)
             result[usage_type] = PeriodUsage(row["used"], row["reserved"], limit, remaining)
         return result
+
+    async def add_usage(self, user_id: str, usage_type: str, amount: int, *, now: datetime | None = None) -> int:
+        """Add usage outside any call (a REST transcription, say) to the user's month; returns the month's used.
+
+        One statement: the user and the ledger row are made on first use, and concurrent additions
+        each land whole (the upsert takes the row lock), with nothing reserved for them beforehand.
+        """
+        if usage_type not in USAGE_TYPES:
+            raise ValueError(f"unknown usage type {usage_type!r}")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+            raise ValueError(f"amount must be an integer >= 0, got {amount!r}")
+        used = await self._pool.fetchval(
+            f"""
+            with new_user as (insert into users(id) values ($1) on conflict (id) do nothing)
+            insert into usage_ledger as l (user_id, period, usage_type, used)
+            values ($1, {period_sql("$4")}, $2, $3)
+            on conflict (user_id, period, usage_type) do update set used = l.used + excluded.used
+            returning l.used
+            """,
+            user_id,
+            usage_type,
+            amount,
+            checked_now(now),
+        )
+        return int(used)

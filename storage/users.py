@@ -21,3 +21,7 @@ class UserRepository:
 
     async def exists(self, user_id: str) -> bool:
         return bool(await self._pool.fetchval("select exists(select 1 from users where id = $1)", user_id))
+
+    async def plan_of(self, user_id: str) -> str | None:
+        """The user's plan, or None for a user not stored yet (who is on the default plan)."""
+        return await self._pool.fetchval("select plan from users where id = $1", user_id)
