@@ -32,6 +32,7 @@ class EngineConfig:
     google_tts_voice: str = "en-US-Chirp3-HD-Charon"
     google_tts_language: str = "en-US"
     google_tts_endpoint: str = "texttospeech.googleapis.com:443"
+    google_tts_voices: tuple[str, ...] = ()  # GOOGLE_TTS_VOICES: more voices users may choose, comma-separated
     # Every Google engine: plaintext gRPC without credentials (GOOGLE_API_INSECURE=1), for local fakes only.
     google_api_insecure: bool = False
     # Google Speech-to-Text (STT_ENGINE=google); agent_bridge.google_stt_settings checks them at start.
@@ -72,6 +73,7 @@ class EngineConfig:
             google_tts_voice=_text(environ, "GOOGLE_TTS_VOICE") or defaults.google_tts_voice,
             google_tts_language=_text(environ, "GOOGLE_TTS_LANGUAGE") or defaults.google_tts_language,
             google_tts_endpoint=_text(environ, "GOOGLE_TTS_ENDPOINT") or defaults.google_tts_endpoint,
+            google_tts_voices=tuple(v.strip() for v in (_text(environ, "GOOGLE_TTS_VOICES") or "").split(",") if v.strip()),
             google_api_insecure=insecure_enabled(environ),
             google_cloud_project=_text(environ, "GOOGLE_CLOUD_PROJECT"),
             google_speech_location=_text(environ, "GOOGLE_SPEECH_LOCATION"),

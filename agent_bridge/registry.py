@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from agent_bridge.config import EngineConfig
-from agent_bridge.interfaces import Agent, SpeechToText, TextToSpeech
+from agent_bridge.interfaces import Agent, AvatarChoice, SpeechToText, TextToSpeech
 
 if TYPE_CHECKING:
     from agent_bridge.liveavatar.engine import LiveAvatarEngine
@@ -48,6 +48,7 @@ def _google_tts(config: EngineConfig) -> TextToSpeech:
         config.google_tts_language,
         config.google_tts_endpoint,
         insecure=config.google_api_insecure,
+        voices=config.google_tts_voices,
     )
 
 
@@ -130,6 +131,19 @@ class AvatarEngines:
     renderer: RenderedAvatar | None
     liveavatar: LiveAvatarEngine | None = None
     fallback: str = "rendered"
+
+    @property
+    def engine(self) -> str:
+        """The engine whose avatars sessions choose from: liveavatar, rendered or none."""
+        if self.liveavatar is not None:
+            return "liveavatar"
+        return "rendered" if self.renderer is not None else "none"
+
+    def avatars(self) -> list[AvatarChoice]:
+        """What a session's avatar_id may name, the default first."""
+        if self.liveavatar is not None:
+            return self.liveavatar.avatars()
+        return self.renderer.avatars() if self.renderer is not None else []
 
     async def aclose(self) -> None:
         if self.liveavatar is not None:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent_bridge.interfaces import AvatarChoice
+
 RGB = tuple[int, int, int]
+RENDERED_AVATAR_ID = "rendered-default"  # the one face this renderer draws
 STATES = ("speaking", "listening", "idle")
 
 # BT.601 limited range, the matrix libswscale uses for rgb24 -> yuv420p by default.
@@ -117,6 +120,10 @@ def _ellipse_alpha(
 
 
 class RenderedAvatar:
+    @staticmethod
+    def avatars() -> list[AvatarChoice]:
+        return [AvatarChoice(RENDERED_AVATAR_ID, "Rendered face")]
+
     """Cartoon face frames; construction pre-renders every static variant, frames are cheap."""
 
     def __init__(self, look: AvatarLook | None = None) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
+from agent_bridge.interfaces import AvatarChoice
 from agent_bridge.liveavatar.orphans import stop_orphan
 from agent_bridge.liveavatar.rest import LiveAvatarRest, SessionToken
 from agent_bridge.liveavatar.session import (
@@ -49,6 +50,11 @@ class LiveAvatarEngine:
                 )
             self._rest = LiveAvatarRest(self.settings, self._http)
         return self._rest
+
+    def avatars(self) -> list[AvatarChoice]:
+        """The configured avatars, the default first (LIVEAVATAR_AVATAR_ID, LIVEAVATAR_AVATAR_IDS)."""
+        ids = [self.settings.avatar_id] if self.settings.avatar_id else []
+        return [AvatarChoice(avatar_id, avatar_id) for avatar_id in dict.fromkeys([*ids, *self.settings.avatar_ids])]
 
     def open_session(
         self,

@@ -3,6 +3,7 @@
 LIVEAVATAR_API_KEY      required; the key from app.liveavatar.com/developers (HeyGen keys do not work)
 LIVEAVATAR_API_URL      default https://api.liveavatar.com (the paths below it start with /v1)
 LIVEAVATAR_AVATAR_ID    default the documented public "Wayne" avatar; empty: every session must name one
+LIVEAVATAR_AVATAR_IDS   optional, comma-separated: more avatars users may choose (the catalogue)
 LIVEAVATAR_QUALITY      very_high | high | medium | low; unset: the service's default (high)
 LIVEAVATAR_SANDBOX      1/true: free ~1 minute sessions (only the Wayne avatar), for wiring tests
 LIVEAVATAR_MAX_SESSION_SECONDS   optional cap sent with each token, within the plan's limit
@@ -26,6 +27,7 @@ class LiveAvatarSettings:
     api_key: str = field(repr=False)  # a secret: kept out of repr and so out of logs
     api_url: str = DEFAULT_API_URL
     avatar_id: str | None = DEFAULT_AVATAR_ID
+    avatar_ids: tuple[str, ...] = ()  # more avatars users may choose; the service has no list we can read
     quality: str | None = None
     sandbox: bool = False
     max_session_duration_s: int | None = None
@@ -64,6 +66,7 @@ class LiveAvatarSettings:
             api_key=api_key,
             api_url=(environ.get("LIVEAVATAR_API_URL") or "").strip() or DEFAULT_API_URL,
             avatar_id=DEFAULT_AVATAR_ID if avatar_id is None else (avatar_id.strip() or None),
+            avatar_ids=tuple(a.strip() for a in (environ.get("LIVEAVATAR_AVATAR_IDS") or "").split(",") if a.strip()),
             quality=quality,
             sandbox=_flag(environ, "LIVEAVATAR_SANDBOX"),
             max_session_duration_s=_int(environ, "LIVEAVATAR_MAX_SESSION_SECONDS"),
