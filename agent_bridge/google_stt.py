@@ -152,7 +152,7 @@ class GoogleSpeechSession(SpeechToTextSession):
             # The pipeline stops feeding at the turn's end; without silence the service would keep the
             # last words open until the next turn's audio.
             self._audio.append_silence(self._tuning.turn_end_silence_ms * BYTES_PER_MS)
-            self._runner.wake()
+        self._runner.flush()
         until = self._turn_mark = self._audio.end  # audio after this belongs to the next turn
         self._published = ""
         tail = ""
@@ -185,7 +185,7 @@ class GoogleSpeechSession(SpeechToTextSession):
             # An earlier turn still needs this stream: a silence keeps this audio's words apart from the
             # next turn's, so that their final falls in the range dropped.
             self._audio.append_silence(self._tuning.turn_end_silence_ms * BYTES_PER_MS)
-            self._runner.wake()
+            self._runner.flush()
         self._discard = (self._turn_mark, self._audio.end)
         self._interim = self._published = ""
         self._turn_start = self._audio.pushed

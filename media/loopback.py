@@ -13,10 +13,12 @@ def to_mono_48k(frame: av.AudioFrame) -> np.ndarray:
     """Decoded WebRTC audio (Opus gives 48 kHz s16 stereo) as mono int16."""
     if frame.sample_rate != SAMPLE_RATE or frame.format.name != "s16":
         raise ValueError(f"loopback expects 48 kHz s16 audio, got {frame.sample_rate} Hz {frame.format.name}")
-    samples = frame.to_ndarray().reshape(-1)
-    channels = len(frame.layout.channels)
-    if channels == 1:
+    channels = frame.layout.nb_channels
+    if channels == 1:  # Opus decoded mono (LoopbackPipeline.inbound_rate): the frame's own samples, read-only
+        samples = np.frombuffer(frame.planes[0], dtype=np.int16, count=frame.samples)
+        samples.flags.writeable = False
         return samples
+    samples = frame.to_ndarray().reshape(-1)
     by_channel = samples.reshape(-1, channels)
     first = by_channel[:, 0]
     # A mono Opus stream decodes to identical channels, whose average is the first one: no arithmetic.
@@ -30,6 +32,8 @@ _MAX_QUEUED_SAMPLES = SAMPLE_RATE // 10
 
 
 class LoopbackPipeline(CallPipeline):
+    inbound_rate = SAMPLE_RATE  # decoded mono at 48 kHz: what the track sends, no downmix
+
     def __init__(self, context: PipelineContext) -> None:
         self._out = context.audio_out
 

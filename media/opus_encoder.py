@@ -4,10 +4,17 @@ aiortc encodes each outbound frame in a worker thread: a thread hand-off, a futu
 wake-up every 20 ms per call, plus a pure-Python audio-level loop over the frame. Encoding right
 here and handing aiortc a ready packet (which it only packetizes) costs less than the hand-off alone.
 
-libopus is still the dearest thing a call does (~150-300 us a frame at complexity 10, digital
-silence included), and the bot is silent most of a call: once the encoder's output for digital
-silence has settled (its look-ahead holds nothing but zeros and it answers zeros with the same
-bytes every time), further silent frames get those bytes without running libopus at all.
+libopus is still the dearest thing a call does while the bot speaks. It runs at complexity 5 (what
+WebRTC itself uses on phones): for speech that costs ~40% less than libopus's default of 10, and it
+is called directly (media.libopus), without PyAV's frame and packet objects and FFmpeg's multistream
+wrapper around it (a PyAV encoder is the fallback where libopus cannot be loaded directly).
+
+The bot is silent most of a call: once the encoder's output for digital silence has settled (its
+look-ahead holds nothing but zeros and it answers zeros with the same few packets in a fixed cycle,
+one packet at complexity 10, a cycle of 4 or 12 at 5), further silent frames get that cycle's
+packets without running libopus at all. A frame within +-NEAR_SILENCE of zero (-84 dBFS, under any
+playback's noise floor: decoded Opus silence, the last bits of a fade) counts as digital silence:
+the loopback echo of a muted microphone is such ones and twos, never quite zeros.
 """
 
 from __future__ import annotations
@@ -17,36 +24,39 @@ import fractions
 import av
 import numpy as np
 
+from media import libopus
+
 _RATE = 48_000
+_FRAME = 960
 TIME_BASE = fractions.Fraction(1, _RATE)
 # Speech, mono: 32 kb/s is transparent for a voice; stereo at 96 kb/s (aiortc's default) is not needed.
 _BIT_RATE = 32_000
-# Identical packets for digital silence in a row before they are reused: by then the look-ahead
-# (6.5 ms) has long been flushed, so no tail of the speech before is ever cut.
+COMPLEXITY = 5
+# A cycle of packets for digital silence must have come round this many times in a row before it is
+# reused: by then the look-ahead (6.5 ms) has long been flushed, so no tail of the speech before is cut.
 SILENCE_SETTLED = 3
+# The longest cycle looked for (libopus's cycles for silence are 1, 3, 4 or 12 packets long).
+MAX_SILENCE_CYCLE = 12
+# The largest sample magnitude of a frame sent as digital silence. More (4) already changes how the
+# speech around a word gap encodes (the encoder re-settles after each zeroed gap).
+NEAR_SILENCE = 2
+_ZEROS = np.zeros(_FRAME, dtype=np.int16)
+_ZEROS.flags.writeable = False
 
 
 class InlineOpusEncoder:
-    def __init__(self) -> None:
-        codec = av.CodecContext.create("libopus", "w")
-        codec.bit_rate = _BIT_RATE
-        codec.format = "s16"
-        codec.layout = "mono"
-        codec.sample_rate = _RATE
-        codec.time_base = TIME_BASE
-        # libopus's default complexity (10). At 5, speech costs ~20% less, but digital silence no
-        # longer comes out as one repeated packet, so the silence below could not be reused.
-        codec.options = {"application": "voip"}
-        # libopus encodes on the caller's thread. PyAV's default asks FFmpeg for one thread per CPU
-        # (thread_count 0) from codecs that can thread: say 1, so no build ever gives each call's
-        # encoder a pool of its own.
-        codec.thread_count = 1
-        codec.thread_type = "NONE"
-        self._codec: av.AudioCodecContext | None = codec
-        self._pts = 0  # the encoder's own input clock (it needs increasing pts)
-        self._silence: bytes | None = None  # the settled packet for digital silence
-        self._last_silent: bytes | None = None
-        self._silent_repeats = 0
+    def __init__(self, complexity: int = COMPLEXITY, *, use_libopus: bool = True) -> None:
+        self.complexity = complexity
+        self._libopus: libopus.OpusEncoder | None = None
+        self._codec: av.AudioCodecContext | None = None
+        if use_libopus and libopus.encoder_available():
+            self._libopus = libopus.OpusEncoder(_RATE, 1, bitrate=_BIT_RATE, complexity=complexity)
+        else:
+            self._codec = _pyav_encoder(complexity)
+        self._pts = 0  # the PyAV encoder's own input clock (it needs increasing pts)
+        self._silent_run: list[bytes] = []  # libopus's packets for the silence so far, newest last
+        self._silence: list[bytes] | None = None  # the settled cycle, replayed from _silence_at
+        self._silence_at = 0
         self.frames_reused = 0  # silent frames that never reached libopus
 
     def encode(self, samples: np.ndarray, pts: int) -> av.Packet:
@@ -59,26 +69,36 @@ class InlineOpusEncoder:
 
     def encode_payload(self, samples: np.ndarray) -> bytes:
         """One 20 ms frame (960 int16 samples) -> the Opus payload for it."""
-        if self._codec is None:
+        if self._libopus is None and self._codec is None:
             raise RuntimeError("the encoder is closed")
-        silent = not samples.any()
+        silent = samples.size == _FRAME and int(samples.max()) <= NEAR_SILENCE and int(samples.min()) >= -NEAR_SILENCE
+        if silent:
+            samples = _ZEROS
         if silent and self._silence is not None:
+            payload = self._silence[self._silence_at]
+            self._silence_at = (self._silence_at + 1) % len(self._silence)
             self.frames_reused += 1
-            return self._silence
+            return payload
         if not silent:
-            self._silence = self._last_silent = None  # speech again: silence settles anew after it
-            self._silent_repeats = 0
+            self._silence = None  # speech again: silence settles anew after it
+            self._silent_run.clear()
         payload = self._encode(samples)
         if silent:
-            if payload == self._last_silent:
-                self._silent_repeats += 1
-            else:
-                self._last_silent, self._silent_repeats = payload, 1
-            if self._silent_repeats >= SILENCE_SETTLED:
-                self._silence = payload
+            run = self._silent_run
+            run.append(payload)
+            if len(run) > MAX_SILENCE_CYCLE * SILENCE_SETTLED:
+                del run[0]
+            cycle = _settled_cycle(run)
+            if cycle:
+                self._silence = run[-cycle:]
+                self._silence_at = 0
         return payload
 
     def _encode(self, samples: np.ndarray) -> bytes:
+        if samples.dtype != np.int16 or samples.size != _FRAME:
+            raise ValueError(f"a frame is {_FRAME} int16 samples, not {samples.size} {samples.dtype}")
+        if self._libopus is not None:
+            return self._libopus.encode(samples.tobytes(), _FRAME)
         assert self._codec is not None
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = _RATE
@@ -92,4 +112,34 @@ class InlineOpusEncoder:
 
     def close(self) -> None:
         """Free libopus's state now (end of call), not whenever the call's objects are collected."""
+        if self._libopus is not None:
+            self._libopus.close()
+            self._libopus = None
         self._codec = None
+
+
+def _settled_cycle(run: list[bytes]) -> int:
+    """The length of the cycle `run` has ended with SILENCE_SETTLED times over (0: none yet)."""
+    for length in range(1, MAX_SILENCE_CYCLE + 1):
+        span = length * SILENCE_SETTLED
+        if len(run) < span:
+            return 0
+        if all(run[-i] == run[-i - length] for i in range(1, span - length + 1)):
+            return length
+    return 0
+
+
+def _pyav_encoder(complexity: int) -> av.AudioCodecContext:
+    codec = av.CodecContext.create("libopus", "w")
+    codec.bit_rate = _BIT_RATE
+    codec.format = "s16"
+    codec.layout = "mono"
+    codec.sample_rate = _RATE
+    codec.time_base = TIME_BASE
+    codec.options = {"application": "voip", "compression_level": str(complexity)}
+    # libopus encodes on the caller's thread. PyAV's default asks FFmpeg for one thread per CPU
+    # (thread_count 0) from codecs that can thread: say 1, so no build ever gives each call's
+    # encoder a pool of its own.
+    codec.thread_count = 1
+    codec.thread_type = "NONE"
+    return codec  # type: ignore[return-value]

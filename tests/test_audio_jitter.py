@@ -7,7 +7,6 @@ import fractions
 
 import av
 import numpy as np
-import pytest
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket

@@ -158,6 +158,26 @@ async def test_config_goes_first_then_audio_in_messages_of_at_most_25600_bytes(f
     assert bytes(stream.audio).startswith(pcm) and not any(stream.audio[len(pcm) :])  # then the turn's silence
 
 
+async def test_audio_pushed_20_ms_at_a_time_goes_in_messages_of_100_ms_and_a_turn_end_sends_the_rest(fake: FakeSpeech) -> None:
+    from agent_bridge.google_stt_stream import MIN_AUDIO_BYTES
+
+    async with call_on(fake, turn_end_silence_ms=30) as call:
+        await call.say(speech_pcm("alpha bravo charlie"))
+        await asyncio.sleep(0.2)
+        stream = fake.streams[0]
+        if len(stream.audio) == len(call.pushed):  # the last message took it all: 20 ms more to hold back
+            await call.say(bytes(CHUNK))
+            await asyncio.sleep(0.2)
+        # Every message so far carries at least 100 ms; what is left waits for more audio.
+        assert stream.sizes and min(stream.sizes) >= MIN_AUDIO_BYTES
+        assert 0 < len(call.pushed) - len(stream.audio) < MIN_AUDIO_BYTES
+        transcript = await call.session.finish_turn()
+    assert transcript is not None and transcript.text == "alpha bravo charlie"
+    # The turn's end sent the rest and its 30 ms of silence at once, though less than 100 ms.
+    assert bytes(stream.audio) == bytes(call.pushed) + bytes(30 * BYTES_PER_MS)
+    assert stream.sizes[-1] < MIN_AUDIO_BYTES
+
+
 async def test_the_fake_refuses_what_the_service_refuses(fake: FakeSpeech) -> None:
     channel = grpc.aio.insecure_channel(fake.endpoint)
     client = SpeechAsyncClient(transport=SpeechGrpcAsyncIOTransport(host=fake.endpoint, channel=channel))

@@ -145,11 +145,11 @@ async def stock_decode(packets: list[RtpPacket]) -> list[FrameKey]:
     return frames
 
 
-async def inline_decode(packets: list[RtpPacket]) -> tuple[list[FrameKey], InlineDecoder]:
+async def inline_decode(packets: list[RtpPacket], rate: int | None = None) -> tuple[list[FrameKey], InlineDecoder]:
     receiver = new_receiver()
     decoder = decode_inline(receiver)
     frames: list[FrameKey] = []
-    decoder.attach(lambda frame: frames.append(key(frame)))
+    decoder.attach(lambda frame: frames.append(key(frame)), rate)
     await receiver.receive(parameters())
     for packet in packets:
         await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
@@ -180,16 +180,95 @@ async def test_frames_before_the_pipeline_attaches_are_kept_and_none_after_detac
     await receiver.receive(parameters())
     for packet in packets[:20]:
         await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
-    early = decoder.frames
+    early = decoder.waiting
+    assert early > 0 and decoder.frames == 0  # kept encoded, as aiortc's track queue kept them decoded
     heard: list[av.AudioFrame] = []
-    decoder.attach(heard.append)
-    assert early > 0 and len(heard) == early  # kept, as aiortc's track queue kept them
+    decoder.attach(heard.append, 16_000)
+    # Decoded once the pipeline is there, in order, at the rate it asked for.
+    assert len(heard) == early == decoder.frames and decoder.waiting == 0
+    assert [f.pts for f in heard] == [i * FRAME for i in range(early)]
+    assert {(f.sample_rate, f.samples, f.layout.name) for f in heard} == {(16_000, FRAME // 3, "mono")}
     decoder.attach(None)
     for packet in packets[20:]:
         await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
-    assert len(heard) == early and decoder.frames > early
+    assert len(heard) == early == decoder.frames and decoder.waiting > 0
     await receiver.stop()
     await receiver.stop()  # idempotent
+    assert decoder.waiting == 0
+
+
+def rate_of(frames: list[FrameKey]) -> int:
+    return {f[2] for f in frames}.pop()
+
+
+def mono_pcm(frames: list[FrameKey]) -> np.ndarray:
+    """The frames' audio as one mono array (the first channel of interleaved stereo)."""
+    channels = {2 if f[4] == "stereo" else 1 for f in frames}.pop()
+    return np.concatenate([np.frombuffer(f[5], np.int16)[::channels] for f in frames])
+
+
+def to_16k(frames: list[FrameKey]) -> np.ndarray:
+    """aiortc's 48 kHz frames through the voice pipeline's resampler, as before decoding at 16 kHz."""
+    from media.audio_resample import InboundResampler
+
+    resampler = InboundResampler(16_000)
+    out = []
+    for pts, samples, rate, fmt, layout, data in frames:
+        frame = av.AudioFrame.from_ndarray(np.frombuffer(data, np.int16).reshape(1, -1), format=fmt, layout=layout)
+        frame.sample_rate = rate
+        out.append(resampler.resample(frame))
+    return np.concatenate([*out, resampler.flush()])
+
+
+@pytest.mark.parametrize("faults", [False, True], ids=["clean", "loss-reorder-restart"])
+async def test_decoding_at_16k_is_decoding_at_48k_then_resampling(faults: bool) -> None:
+    payloads = opus_payloads(speech_with_pauses())
+    packets = rtp_stream(payloads, 1_000, 5_000)
+    if faults:
+        packets = faulty(packets)
+    stock = await stock_decode(packets)
+    direct, decoder = await inline_decode(packets, 16_000)
+    # The same frames, with the same timestamps, each a third of the samples: the same media time.
+    assert [f[0] for f in direct] == [f[0] for f in stock]
+    assert [f[1] * 3 for f in direct] == [f[1] for f in stock]
+    assert rate_of(direct) == 16_000 and {f[3:5] for f in direct} == {("s16", "mono")}
+    assert decoder.frames == len(direct) and decoder.decode_errors == 0
+    # And the same sound: what libopus decodes at 16 kHz is what 48 kHz decoding + resampling gave.
+    ours, before = mono_pcm(direct).astype(np.float64), to_16k(stock).astype(np.float64)
+    assert ours.size == before.size
+    # The two differ by a fraction of a sample (the filters' phase): compare at the best shift.
+    spectrum, reference = np.fft.rfft(ours), np.fft.rfft(before)
+    hz = np.fft.rfftfreq(ours.size, 1 / 16_000)
+    snr, shift = max(
+        (_snr_db(ours, np.fft.irfft(reference * np.exp(-2j * np.pi * hz * lag / 16_000), ours.size)), lag)
+        for lag in np.arange(-2, 2, 0.05)
+    )  # fmt: skip
+    assert abs(shift) < 1 and snr > 28, (snr, shift)
+    # Level by band, up to where the resampler rolls off (7.5 kHz): the same within 0.3 dB.
+    for low, high in ((0, 300), (300, 1000), (1000, 3000), (3000, 6000), (6000, 7500)):
+        band = (hz >= low) & (hz < high)
+        level = 10 * np.log10((abs(spectrum[band]) ** 2).sum() / (abs(reference[band]) ** 2).sum())
+        assert abs(level) < 0.3, (low, high, level)
+
+
+def _snr_db(signal: np.ndarray, other: np.ndarray) -> float:
+    return float(10 * np.log10((signal**2).sum() / ((signal - other) ** 2).sum()))
+
+
+async def test_decoding_mono_at_48k_is_aiortcs_first_channel_bit_for_bit() -> None:
+    packets = faulty(rtp_stream(opus_payloads(speech_with_pauses()), 1_000, 5_000))
+    stock = await stock_decode(packets)
+    direct, _ = await inline_decode(packets, 48_000)
+    assert [f[:3] for f in direct] == [f[:3] for f in stock]
+    assert {f[4] for f in direct} == {"mono"}
+    assert np.array_equal(mono_pcm(direct), mono_pcm(stock))
+
+
+async def test_a_corrupt_packet_is_counted_and_the_next_decode() -> None:
+    packets = rtp_stream(opus_payloads(speech_with_pauses()[: RATE // 2]), 1, 0)
+    packets[5].payload = b"\xff\xff\xff"  # code 3, 63 frames: longer than an Opus packet may play
+    frames, decoder = await inline_decode(packets, 16_000)
+    assert decoder.decode_errors == 1 and len(frames) == decoder.frames >= len(packets) - 5
 
 
 # -- over real sockets ----------------------------------------------------------------------------
