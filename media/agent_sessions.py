@@ -26,6 +26,11 @@ class AgentSessionOpener:
         self._agent = agent
         self._store = store
 
+    @property
+    def agent(self) -> Agent | None:
+        """The agent of this node's calls (None: calls here have none), for chat without a call."""
+        return self._agent
+
     async def open(self, user_session_id: uuid.UUID, user_id: str) -> str | None:
         """Make and store the agent session; None if the agent keeps none, or could not make one now."""
         if self._agent is None:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from agent_bridge.registry import AvatarEngines
+from agent_bridge.rendered_avatar import RENDERED_AVATAR_ID
 from media.avatar_relay import AvatarRelay
 from storage.avatar_sessions import AvatarSessionStore
 from storage.avatar_usage import AvatarSessionRepository
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUALITIES = ("low", "medium", "high", "very_high")
-RENDERED_AVATAR_ID = "rendered-default"
+__all__ = ["QUALITIES", "RENDERED_AVATAR_ID", "AvatarOpened", "AvatarRequest", "AvatarService"]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from media.call_state import CallState, checked_transition, is_live
 from media.call_usage import CallUsage, MeterSample
 from media.call_watchdog import watch_call
 from media.outbound_audio import PacedAudioTrack
-from media.pipeline import CallPipeline, PipelineContext, PipelineFactory
+from media.pipeline import CallPipeline, ChatTurn, PipelineContext, PipelineFactory
 from media.audio_jitter import use_prompt_jitter_buffer
 from media.rtp_receive_path import InlineDecoder, decode_inline
 from media.rtp_send_path import send_from_clock
@@ -143,7 +143,7 @@ class Call:
         await self._pipeline.start()
         # No renegotiation: the offer's tracks are all the tracks this call will have.
         for decoder in self._decoders:
-            decoder.attach(self._on_audio_frame)
+            decoder.attach(self._on_audio_frame, getattr(self._pipeline, "inbound_rate", None))
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             self._spawn(self._apply_candidate(candidate), "pending-candidate")
@@ -180,6 +180,12 @@ class Call:
         if not is_live(self.state) or self._pipeline is None:
             raise CallStateError(f"the call is not connected (state: {self.state})")
         return await self._pipeline.handle_text(text)
+
+    async def chat(self, text: str, *, speak: bool) -> ChatTurn:
+        """A typed turn answered by the call's conversation; spoken on the call only if `speak`."""
+        if not is_live(self.state) or self._pipeline is None:
+            raise CallStateError(f"the call is not connected (state: {self.state})")
+        return await self._pipeline.handle_chat(text, speak=speak)
 
     async def speak(self, text: str) -> str:
         """Say `text` word for word on the call (by the avatar, while it speaks for the call)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,8 @@ class CallRegistry:
         self.accounting = accounting(self)
         # Told when this node has claimed a session for its call (the cluster tells the other nodes).
         self.on_claimed: Callable[[uuid.UUID], Awaitable[None]] | None = None
+        # Told of each answered call and when its offer arrived (time.monotonic()): metrics follow its events.
+        self.on_answered: Callable[[Call, float], None] | None = None
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -137,6 +140,7 @@ class CallRegistry:
         offer), CallStateError (a call exists anywhere, or a hang-up won: CallEnded), AtCapacity,
         or a storage error (no call is left running).
         """
+        offered_at = time.monotonic()
         key = str(session_id)
         if key in self._ended:
             raise CallEnded("the session has ended")
@@ -177,6 +181,11 @@ class CallRegistry:
         if self._lobbies.get(key) is lobby:
             del self._lobbies[key]
             lobby.close(None)
+        if self.on_answered is not None:
+            try:
+                self.on_answered(call, offered_at)
+            except Exception:  # a metrics bug must not cost the call
+                log.exception("observing call %s failed", key)
         try:
             await self.accounting.call_started(call)
         except BaseException:

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
+from typing import Protocol
 
 from agent_bridge.interfaces import Agent, Conversation, InterimCallback, SpeechToText, SpeechToTextSession, TextToSpeech
 from agent_bridge.registry import Engines
+
+class SessionVoiceStore(Protocol):
+    async def voice_of(self, session_id: uuid.UUID) -> str | None: ...
+
 
 # The error codes the pipeline publishes, by the engine kind that failed.
 KIND_OF_ERROR = {"stt_failed": "stt", "tts_failed": "tts", "agent_failed": "agent"}
@@ -38,6 +44,14 @@ class CallEngines:
     @property
     def agent_tokens(self) -> int:
         return self._tokens_before + self.conversation.tokens
+
+    def use_voice(self, voice_id: str) -> bool:
+        """Speak in `voice_id` from now on, if the call's TTS has it; an offline fallback keeps its own voice."""
+        try:
+            self.tts = self.tts.with_voice(voice_id)
+        except ValueError:
+            return False
+        return True
 
     def fall_back(self, error_code: str) -> str | None:
         """Switch the failed kind to its offline engine (once); returns the engine's name, or None."""

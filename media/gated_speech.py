@@ -7,6 +7,7 @@ through. `discard()` drops it, and nothing ever reached the browser.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 
 import numpy as np
@@ -19,7 +20,7 @@ class GatedSpeech:
 
     Positions handed out while shut are negative (-1 - index of the sample among those held), so a
     `when_sent` for one of them is told apart from the inner output's own positions, and mapped to the
-    inner position its chunk got when the gate opened.
+    inner position its chunk got when the gate opened (any sample of the chunk, not only its first).
     """
 
     def __init__(self, inner: SpeechOutput) -> None:
@@ -29,7 +30,8 @@ class GatedSpeech:
         self._held_samples = 0
         self._waiting: list[tuple[int, Callable[[], None]]] = []
         self._drained: list[Callable[[], None]] = []
-        self._opened_at: dict[int, int] = {}  # held index -> inner position, once open
+        self._opened_at: dict[int, int] = {}  # held index of a chunk's first sample -> inner position, once open
+        self._opened_starts: list[int] = []  # those held indexes, ascending
         self._ended = False
 
     @property
@@ -44,6 +46,7 @@ class GatedSpeech:
         self.state = "open"
         for index, chunk in self._held:
             self._opened_at[index] = self._inner.push(chunk)
+            self._opened_starts.append(index)
         self._held.clear()
         for position, callback in self._waiting:
             self.when_sent(position, callback)
@@ -79,9 +82,11 @@ class GatedSpeech:
         elif self.state == "shut":
             self._waiting.append((position, callback))
         elif self.state == "open":
-            inner = self._opened_at.get(-1 - position)
-            if inner is not None:
-                self._inner.when_sent(inner, callback)
+            index = -1 - position
+            chunk = bisect_right(self._opened_starts, index) - 1
+            if chunk >= 0 and index < self._held_samples:
+                start = self._opened_starts[chunk]
+                self._inner.when_sent(self._opened_at[start] + index - start, callback)
 
     def when_drained(self, callback: Callable[[], None]) -> None:
         if self.state == "open":

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import av
 
+from media.conversation_log import LoggedMessage
 from media.events import EventBus
 from media.outbound_audio import PacedAudioTrack
 from media.speech_output import SpeechOutput, TrackSpeech
@@ -33,8 +34,22 @@ class PipelineContext:
         return self.speech if self.speech is not None else TrackSpeech(self.audio_out)
 
 
+@dataclass(frozen=True)
+class ChatTurn:
+    """A typed turn's answer: the reply's text and the two messages that record the exchange."""
+
+    reply: str  # "" if the reply was stopped before all of it was queued
+    user_message: LoggedMessage
+    agent_message: LoggedMessage | None
+    spoken: bool
+
+
 class CallPipeline(ABC):
     """Consumes inbound audio frames and produces outbound audio. Runs on the event loop."""
+
+    # The rate to have inbound Opus decoded at, mono (libopus decodes at 8, 12, 16, 24 or 48 kHz);
+    # None: as aiortc decodes it (48 kHz stereo). Other codecs come as they decode.
+    inbound_rate: int | None = None
 
     @abstractmethod
     def on_audio_frame(self, frame: av.AudioFrame) -> None:
@@ -42,6 +57,10 @@ class CallPipeline(ABC):
 
     async def handle_text(self, text: str) -> str:
         """A typed user turn; returns the reply's text. Pipelines without an agent refuse."""
+        raise TextNotSupported("this call does not take text messages")
+
+    async def handle_chat(self, text: str, *, speak: bool) -> ChatTurn:
+        """A typed user turn answered by the call's conversation, spoken on the call only if `speak`."""
         raise TextNotSupported("this call does not take text messages")
 
     async def speak(self, text: str) -> str:

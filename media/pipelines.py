@@ -12,6 +12,8 @@ from agent_bridge.registry import AvatarEngines, Engines, build_avatar, build_en
 from media import vad
 from media.agent_sessions import AgentSessionStore
 from media.avatar_track import AvatarVideoTrack
+from media.conversation_log import MessageStore
+from media.engine_fallback import SessionVoiceStore
 from media.loopback import LoopbackPipeline
 from media.pipeline import PipelineFactory
 from media.turn_detector import TurnConfig
@@ -43,6 +45,8 @@ async def start_pipelines(
     engine_config: EngineConfig,
     turn_config: TurnConfig,
     agent_store: AgentSessionStore | None = None,
+    message_store: MessageStore | None = None,
+    voice_store: SessionVoiceStore | None = None,
 ) -> PipelineRuntime:
     avatars = build_avatar(engine_config)
     renderer = avatars.renderer
@@ -56,7 +60,8 @@ async def start_pipelines(
         # Models load before the first call, not during it.
         await asyncio.gather(engines.warm_up(), asyncio.to_thread(vad.load_session))
         factory = functools.partial(
-            VoicePipeline, engines=engines, turn_config=turn_config, agent_store=agent_store
+            VoicePipeline, engines=engines, turn_config=turn_config, agent_store=agent_store, message_store=message_store,
+            voice_store=voice_store,
         )
         return PipelineRuntime(factory, avatar_factory, _MEDIA_TYPES + _ENGINE_TYPES, avatars, engines)
     await avatars.aclose()

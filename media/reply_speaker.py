@@ -17,6 +17,7 @@ from agent_bridge.sentences import SentenceSplitter
 from media.audio_resample import OutboundResampler
 from media.events import EventBus
 from media.speech_output import SpeechOutput
+from media.spoken_progress import SpokenProgress
 from media.turn_metrics import TurnTimer
 
 OnEngineError = Callable[[str, BaseException], None]
@@ -66,6 +67,7 @@ class ReplySpeaker:
         self._first_pushed = False
         self._silence_cut = 0  # leading samples of silence cut so far (until the onset is found)
         self.characters_synthesized = 0  # a running count: each piece of text as it goes to TTS
+        self.progress = SpokenProgress(audio_out)  # what was generated, and how much of it was heard
 
     async def speak(self, deltas: AsyncIterator[str]) -> str:
         loop = asyncio.get_running_loop()
@@ -81,6 +83,7 @@ class ReplySpeaker:
                     if self._timer.agent_first_text is None:
                         self._timer.agent_first_text = loop.time()
                     parts.append(delta)
+                    self.progress.add_text(delta)
                     self._events.publish("agent_text", delta=delta, final=False)
                     for sentence in splitter.push(delta):
                         sentences.put_nowait(sentence)
@@ -107,6 +110,7 @@ class ReplySpeaker:
             if self._timer.tts_requested is None:
                 self._timer.tts_requested = loop.time()
             self.characters_synthesized += len(sentence)
+            self.progress.sentence(sentence)
             try:
                 async for pcm in self._tts.synthesize(sentence):
                     self._push(resampler.resample(pcm))
@@ -132,3 +136,5 @@ class ReplySpeaker:
             self._first_pushed = True
             self._timer.tts_first_audio = asyncio.get_running_loop().time()
             self._out.when_sent(position, self._on_first_frame)
+        # After the first-frame mark: a track's marks fire in the order they were set.
+        self.progress.audio_queued(position, samples.size)

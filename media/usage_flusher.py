@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ class UsageFlusher:
         self._lock = asyncio.Lock()  # one flush at a time: the loop and a call's end may race
         self.flushes = 0
         self.failures = 0
+        self.last_success_at: float | None = None  # time.monotonic() of the last flush that wrote everything
+        # Told of every flush's duration in seconds and whether it succeeded (the app's metrics).
+        self.on_flushed: Callable[[float, bool], None] | None = None
 
     async def run(self) -> None:
         while True:
@@ -84,25 +88,34 @@ class UsageFlusher:
 
     async def flush(self) -> bool:
         async with self._lock:
-            readings: list[MeterReading] = []
-            for call in self._live_calls():
-                if call.session_id not in self._ended:
-                    readings.extend(readings_of(call.session_id, call.user_id, call.usage_snapshot()))
-            ended = dict(self._ended)
+            started = time.monotonic()
+            ok = await self._flush_locked()
+            if ok:
+                self.last_success_at = time.monotonic()
+            if self.on_flushed is not None:
+                self.on_flushed(time.monotonic() - started, ok)
+            return ok
+
+    async def _flush_locked(self) -> bool:
+        readings: list[MeterReading] = []
+        for call in self._live_calls():
+            if call.session_id not in self._ended:
+                readings.extend(readings_of(call.session_id, call.user_id, call.usage_snapshot()))
+        ended = dict(self._ended)
+        for session_id, end in ended.items():
+            readings.extend(readings_of(session_id, end.user_id, end.final))
+        try:
+            await self._usage.flush(readings)
             for session_id, end in ended.items():
-                readings.extend(readings_of(session_id, end.user_id, end.final))
-            try:
-                await self._usage.flush(readings)
-                for session_id, end in ended.items():
-                    # Totals first, then the end, then the unused quota back: each step is idempotent.
-                    await self._sessions.end(uuid.UUID(session_id), end.reason)
-                    await self._quotas.release(uuid.UUID(session_id))
-                    if end.drain is not None and not await end.drain():
-                        continue  # the rest waits for the next flush
-                    self._ended.pop(session_id, None)
-            except Exception as exc:  # the database is away; everything stays to be written next time
-                self.failures += 1
-                log.warning("usage flush failed (%d calls waiting to end): %s", len(self._ended), exc)
-                return False
-            self.flushes += 1
-            return True
+                # Totals first, then the end, then the unused quota back: each step is idempotent.
+                await self._sessions.end(uuid.UUID(session_id), end.reason)
+                await self._quotas.release(uuid.UUID(session_id))
+                if end.drain is not None and not await end.drain():
+                    continue  # the rest waits for the next flush
+                self._ended.pop(session_id, None)
+        except Exception as exc:  # the database is away; everything stays to be written next time
+            self.failures += 1
+            log.warning("usage flush failed (%d calls waiting to end): %s", len(self._ended), exc)
+            return False
+        self.flushes += 1
+        return True

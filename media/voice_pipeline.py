@@ -18,9 +18,10 @@ from agent_bridge.registry import Engines
 from media.agent_sessions import AgentSessionStore, start_call_conversation
 from media.audio_resample import VAD_RATE, InboundResampler
 from media.bot_replies import BotReplies
+from media.conversation_log import ConversationLog, MessageStore
 from media.echo_gate import EchoGate
-from media.engine_fallback import CallEngines
-from media.pipeline import CallPipeline, PipelineContext
+from media.engine_fallback import CallEngines, SessionVoiceStore
+from media.pipeline import CallPipeline, ChatTurn, PipelineContext
 from media.preroll import PrerollBuffer
 from media.reply_ahead import ReplyAhead
 from media.turn_completion import looks_unfinished
@@ -36,17 +37,22 @@ _PREROLL_MS = 500
 
 
 class VoicePipeline(CallPipeline):
+    inbound_rate = VAD_RATE  # Opus decoded straight to 16 kHz mono: the resampler only passes it on
+
     def __init__(
         self,
         context: PipelineContext,
         engines: Engines,
         turn_config: TurnConfig,
         agent_store: AgentSessionStore | None = None,
+        message_store: MessageStore | None = None,
+        voice_store: SessionVoiceStore | None = None,
     ) -> None:
         self._ctx = context
+        self._voice_store = voice_store  # the session's chosen TTS voice, read at call start
         self._speech = context.speech_out
         self._resampler = InboundResampler(VAD_RATE)
-        self._vad = SileroVad()
+        self._vad = SileroVad(skip_quiet=True)  # a quiet line costs no model runs
         self._echo = EchoGate()
         context.audio_out.sent_listeners.append(self._echo.on_sent)
         self._turns = TurnDetector(turn_config)
@@ -68,9 +74,13 @@ class VoicePipeline(CallPipeline):
         self._said: list[asyncio.Task[Transcript | None]] = []
         self._tasks: set[asyncio.Task[object]] = set()
         self._join = UtteranceJoin()
+        self._log = ConversationLog(message_store, context.session_id)
+        # Where the utterance being spoken began (media clock), kept while later turns join it.
+        self._utterance_start_ms = 0.0
         self._replies = BotReplies(
             self._use, self._speech, context.events, self._publish_error,
             on_barge_in=lambda: self._join.reply_interrupted(asyncio.get_running_loop().time()),
+            log=self._log,
         )  # fmt: skip
         self._ahead: ReplyAhead | None = None  # the reply drafted during the current pause
         self._pauses = 0  # pauses so far: a draft belongs to the pause it was started in
@@ -111,6 +121,8 @@ class VoicePipeline(CallPipeline):
                 start = self._stt_fed_until
             else:
                 self._ctx.events.publish("user_speaking", speaking=True)
+                if not self._said and not self._join.carried:  # else it goes on an utterance begun earlier
+                    self._utterance_start_ms = event.speech_start_ms
                 start = int((event.speech_start_ms - 100) * VAD_RATE / 1000)
             self._push_stt(self._preroll.since(start).tobytes())
             self._feeding_stt = True
@@ -142,7 +154,8 @@ class VoicePipeline(CallPipeline):
                 return  # the utterance may go on: it is answered once it ends
             self._ctx.events.publish("user_speaking", speaking=False)
             said, self._said = self._said, []
-            self._join.answering(self._spawn(self._answer(said, self._wall_time_of(event.speech_end_ms))), said)
+            turn_ms = (round(self._utterance_start_ms), round(event.speech_end_ms))
+            self._join.answering(self._spawn(self._answer(said, self._wall_time_of(event.speech_end_ms), turn_ms)), said)
 
     def _push_stt(self, pcm: bytes) -> None:
         if self._closing_turns:
@@ -200,7 +213,7 @@ class VoicePipeline(CallPipeline):
             self._publish_error("stt_failed", exc)
             return None
 
-    async def _answer(self, said: list[asyncio.Task[Transcript | None]], end_of_speech: float) -> None:
+    async def _answer(self, said: list[asyncio.Task[Transcript | None]], end_of_speech: float, turn_ms: tuple[int, int]) -> None:
         """Reply to an utterance: the transcripts of its turns, one, or several if it was cut."""
         timer = TurnTimer(end_of_speech=end_of_speech)
         # asyncio.wait, not gather: if this answer is dropped (the user spoke on), the transcripts live on.
@@ -225,16 +238,23 @@ class VoicePipeline(CallPipeline):
                     ahead.discard()
                 raise
         self._ctx.events.publish("transcript", text=text, final=True)
+        self._log.user_turn(text, "voice", turn_start_ms=turn_ms[0], turn_end_ms=turn_ms[1])
         self._join.reply_started(text, end_of_speech)
         await self._replies.reply(text, timer, ahead=ahead)
 
     # -- text chat ---------------------------------------------------------------------------
 
     async def handle_text(self, text: str) -> str:
+        return (await self.handle_chat(text, speak=True)).reply
+
+    async def handle_chat(self, text: str, *, speak: bool) -> ChatTurn:
         self._ctx.events.publish("transcript", text=text, final=True, source="chat")
+        user = self._log.user_turn(text, "text")
         self._join.reply_started(text, None)
         now = asyncio.get_running_loop().time()
-        return await self._replies.reply(text, TurnTimer(end_of_speech=None, transcript_ready=now))
+        answer = await self._replies.answer(text, TurnTimer(end_of_speech=None, transcript_ready=now), speak=speak)
+        await self._log.flush()  # whoever asked reads the history next: both messages are in it
+        return ChatTurn(answer.text, user, answer.message, spoken=speak)
 
     async def speak(self, text: str) -> str:
         """Say `text` word for word (the avatar's speak endpoint): a reply without the agent."""
@@ -269,6 +289,18 @@ class VoicePipeline(CallPipeline):
     async def start(self) -> None:
         # The agent's session is made in the background: the answer to the offer does not wait for it.
         self._spawn(self._start_agent())
+        if self._voice_store is not None:
+            self._spawn(self._take_voice(self._voice_store))
+
+    async def _take_voice(self, store: SessionVoiceStore) -> None:
+        """The session's voice (chosen when it was made) for every reply: read once, long before the first."""
+        try:
+            voice_id = await store.voice_of(uuid.UUID(self._ctx.session_id))
+        except Exception:  # the call speaks in the engine's own voice
+            log.warning("call %s: reading its voice failed", self._ctx.session_id, exc_info=True)
+            return
+        if voice_id is not None and not self._use.use_voice(voice_id):
+            log.info("call %s: the TTS has no voice %r; it speaks in its own", self._ctx.session_id, voice_id)
 
     async def _start_agent(self) -> None:
         try:
@@ -284,6 +316,7 @@ class VoicePipeline(CallPipeline):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._replies.aclose()
+        await self._log.aclose()  # after the replies: a reply cut by the hang-up is written as heard
         await self._use.aclose()
 
 
