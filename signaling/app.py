@@ -33,13 +33,21 @@ from signaling.rate_limit import rate_limit
 from signaling.security_headers import add_security_headers
 from signaling.sessions_api import routes as session_routes
 from signaling.node_liveness import NodeLiveness
+from signaling.metrics import install_metrics
+from signaling.openapi import install_openapi
 from signaling.settings import Settings
 from signaling.usage_api import routes as usage_routes
+from signaling.history_api import routes as history_routes
+from signaling.users_api import routes as users_routes
+from signaling.voice_api import routes as voice_routes
+from signaling.usage_daily_api import routes as usage_daily_routes
 from storage.avatar_sessions import AvatarSessionStore
 from storage.avatar_usage import AvatarSessionRepository
 from storage.database import open_database
+from storage.messages import MessageRepository
 from storage.node_lock import NodeLock
 from storage.nodes import NodeRepository
+from storage.preferences import PreferencesRepository
 from storage.quotas import QuotaRepository
 from storage.sessions import SessionRepository
 from storage.usage import UsageRepository
@@ -88,10 +96,16 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(session_routes)
     app.add_routes(avatar_routes)
     app.add_routes(usage_routes)
+    app.add_routes(history_routes)
+    app.add_routes(voice_routes)
+    app.add_routes(users_routes)
+    app.add_routes(usage_daily_routes)
     if settings.dev_mode:
         app.add_routes(dev_routes)
     app.router.add_static("/static/", STATIC_DIR)
     app.cleanup_ctx.append(_storage_and_calls)
+    install_metrics(app)  # after storage and calls: it hooks into them
+    install_openapi(app)  # GET /api/v1/openapi.json, GET /docs
     # Calls end first so every browser still hears its "ended" event, then the sockets close.
     app.on_shutdown.append(_end_calls)
     app.on_shutdown.append(_close_websockets)
@@ -103,6 +117,7 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
     db = await open_database(settings.database_url, settings.pgdata)
     app[keys.DB] = db
     app[keys.USERS] = UserRepository(db.pool)
+    app[keys.PREFERENCES] = PreferencesRepository(db.pool)
     app[keys.SESSIONS] = SessionRepository(db.pool)
     node_lock = NodeLock(db.url, settings.node_id)
     try:
@@ -117,12 +132,15 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
                 unfinished_hold_ms=settings.end_of_turn_unfinished_ms,
             ),
             agent_store=app[keys.SESSIONS],
+            voice_store=app[keys.SESSIONS],  # the TTS voice each session chose
+            message_store=MessageRepository(db.pool),
         )
     except BaseException:
         await node_lock.release()
         await db.close()
         raise
     app[keys.USAGE] = UsageRepository(db.pool)
+    app[keys.ENGINES] = pipelines.engines
     app[keys.QUOTAS] = QuotaRepository(db.pool)
     app[keys.NODES] = NodeRepository(db.pool)
     app[keys.AGENT_SESSIONS] = AgentSessionOpener(pipelines.engines.agent if pipelines.engines else None, app[keys.SESSIONS])

@@ -71,7 +71,7 @@ class TokenAuthority:
                     raise ApiError(401, code, message) from exc
             raise ApiError(401, "invalid_token", "the access token is not valid") from exc
         user_id = claims.get("sub")
-        if not isinstance(user_id, str) or not user_id or len(user_id) > 255:
+        if not isinstance(user_id, str) or not user_id or len(user_id) > 255 or "\x00" in user_id:
             raise ApiError(401, "invalid_token", "the access token has no usable sub claim")
         app_metadata = claims.get("app_metadata")
         is_admin = isinstance(app_metadata, dict) and app_metadata.get("role") == "admin"

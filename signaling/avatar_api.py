@@ -16,6 +16,7 @@ from signaling import keys
 from signaling.auth import principal_of
 from signaling.errors import ApiError, read_json
 from signaling.sessions_api import avatar_fields, create_user_session, op_response, read_text, run_op
+from signaling.users_api import preferences_of
 from storage.avatar_sessions import AvatarSessionRecord
 from storage.sessions import SessionRecord
 
@@ -26,7 +27,9 @@ routes = web.RouteTableDef()
 async def start_avatar_session(request: web.Request) -> web.Response:
     """`{avatar_id, quality, voice_id}` -> the avatar session and the user session that streams it."""
     body = await read_json(request, allow_empty=True)
-    created = await create_user_session(request, avatar_fields(body))
+    defaults = await preferences_of(request, principal_of(request).user_id)  # what the body does not say
+    asked = avatar_fields(body, defaults)
+    created = await create_user_session(request, asked, voice_id=asked.voice_id)
     avatar = created.avatar
     assert avatar is not None
     if avatar.avatar_session_id is None:

@@ -21,6 +21,8 @@ DATABASE_UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
 )
+# What Postgres says of text it cannot store (a NUL character): the client's input, so a 400, not our 500.
+UNSTORABLE_TEXT = (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError)
 
 
 class ApiError(Exception):
@@ -62,6 +64,8 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
             return error_response(413, "body_too_large", f"the body is larger than {request.app[MAX_BODY_BYTES]} bytes")
         code, message = _HTTP_ERRORS.get(exc.status, ("http_error", "the request cannot be served"))
         return error_response(exc.status, code, message)
+    except UNSTORABLE_TEXT:
+        return error_response(400, "invalid_characters", "the request holds a character that cannot be stored (NUL)")
     except DATABASE_UNAVAILABLE as exc:
         log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
         return error_response(503, "database_unavailable", "the database is not reachable; try again shortly")
@@ -101,3 +105,23 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     return body
+
+
+def message_text(value: object, field: str, code: str, max_chars: int) -> str:
+    """A text to say or send, stripped; else 400 `code`: empty, too long, or what no engine or Postgres takes."""
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, code, f"`{field}` must be a non-empty string")
+    if max_chars and len(value) > max_chars:
+        raise ApiError(400, code, f"`{field}` is longer than {max_chars} characters")
+    # NUL ends a C string (the TTS engines) and Postgres stores no NUL; a lone surrogate is not UTF-8.
+    if "\x00" in value or _has_surrogates(value):
+        raise ApiError(400, code, f"`{field}` must be text (no NUL characters or lone surrogates)")
+    return value.strip()
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

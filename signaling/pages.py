@@ -39,7 +39,7 @@ async def dev_token(request: web.Request) -> web.Response:
     """Dev mode only: a token for any user name, so the page works without a login service."""
     body = await read_json(request, allow_empty=True)
     user_id = body.get("user_id", "dev-user")
-    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 255:
-        raise ApiError(400, "invalid_user", "`user_id` must be a non-empty string of at most 255 characters")
+    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > 255 or "\x00" in user_id:
+        raise ApiError(400, "invalid_user", "`user_id` must be a non-empty string of at most 255 characters, without NUL")
     token = request.app[keys.TOKENS].issue(user_id.strip(), ttl_seconds=12 * 3600)
     return web.json_response({"access_token": token, "user_id": user_id.strip()})

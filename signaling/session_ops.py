@@ -87,6 +87,31 @@ async def speak(app: web.Application, ref: SessionRef, args: dict[str, Any]) -> 
     return 200, {"text": spoken, "characters": len(spoken), "by": "avatar" if by_avatar else "voice"}
 
 
+async def chat(app: web.Application, ref: SessionRef, args: dict[str, Any]) -> OpResult:
+    """A chat message (POST /api/v1/chat/messages) answered by the live call's conversation, spoken if asked."""
+    speak = bool(args.get("speak"))
+    call = app[keys.CALLS].get(ref.session_id)
+    if call is None:
+        raise ApiError(409, "invalid_state", "the call has not been offered yet")
+    try:
+        turn = await call.chat(str(args["text"]), speak=speak)
+    except CallStateError as exc:
+        raise ApiError(409, "invalid_state", str(exc)) from exc
+    except TextNotSupported as exc:
+        raise ApiError(409, "text_not_supported", str(exc)) from exc
+    by_avatar = call.avatar_relay is not None and call.avatar_relay.state == "live"
+    agent = turn.agent_message
+    return 200, {
+        "message_id": str(agent.message_id) if agent else None,
+        "user_message_id": str(turn.user_message.message_id),
+        "content": turn.reply,
+        "session_id": str(ref.session_id),
+        "spoken": turn.spoken,
+        "spoken_by": ("avatar" if by_avatar else "voice") if turn.spoken else None,
+        "created_at": (agent or turn.user_message).created_at.isoformat(),
+    }
+
+
 async def call_state(app: web.Application, ref: SessionRef, _: dict[str, Any]) -> OpResult:
     call = app[keys.CALLS].get(ref.session_id)
     ended = app[keys.CALLS].end_reason(ref.session_id)
@@ -105,6 +130,7 @@ async def usage(app: web.Application, ref: SessionRef, _: dict[str, Any]) -> OpR
 Op = Callable[[web.Application, SessionRef, dict[str, Any]], Awaitable[OpResult]]
 
 OPS: dict[str, Op] = {
+    "chat": chat,
     "hangup": hang_up,
     "ice": add_candidate,
     "message": send_message,

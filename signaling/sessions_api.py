@@ -19,9 +19,11 @@ from media.sdp_check import InvalidOffer
 from signaling import keys
 from signaling.auth import Principal, principal_of
 from signaling.cluster import MESSAGE_TIMEOUT_S, REQUEST_TIMEOUT_S
-from signaling.errors import ApiError, read_json
+from signaling.errors import ApiError, message_text, read_json
 from signaling.session_ops import OpResult, SessionRef, run_local
 from signaling.turn import session_ice_servers
+from signaling.users_api import preferences_of
+from storage.preferences import Preferences
 from storage.sessions import SessionRateLimited, SessionRecord, SessionRepository, TooManyOpenSessions
 
 routes = web.RouteTableDef()
@@ -58,7 +60,10 @@ def _require_open(request: web.Request, record: SessionRecord) -> None:
 async def create_session(request: web.Request) -> web.Response:
     """A user session; with `"avatar": true` also its avatar session, made and linked together."""
     body = await read_json(request, allow_empty=True)
-    created = await create_user_session(request, avatar_request(body))
+    # What the body does not say comes from the caller's preferences (PUT /api/v1/users/me/preferences).
+    defaults = await preferences_of(request, principal_of(request).user_id)
+    avatar = avatar_request(body, defaults)
+    created = await create_user_session(request, avatar, voice_id=session_voice(body, defaults))
     return web.json_response(created.to_json(), status=201)
 
 
@@ -82,7 +87,7 @@ class CreatedSession:
         return body
 
 
-async def create_user_session(request: web.Request, avatar: AvatarRequest | None) -> CreatedSession:
+async def create_user_session(request: web.Request, avatar: AvatarRequest | None, *, voice_id: str | None = None) -> CreatedSession:
     request.app[keys.DRAINING].refuse_new_call()  # 503 draining
     principal = principal_of(request)
     await request.app[keys.USERS].ensure(principal.user_id)
@@ -100,6 +105,7 @@ async def create_user_session(request: web.Request, avatar: AvatarRequest | None
             settings.node_id,
             max_open=settings.limits.max_calls_per_user,
             max_per_minute=settings.limits.rate_limit_sessions_per_minute,
+            voice_id=voice_id,
         )
     except TooManyOpenSessions as exc:
         raise ApiError(429, "too_many_calls", f"{exc}: end one (DELETE) or let it expire") from exc
@@ -127,18 +133,28 @@ async def _open_avatar(request: web.Request, record: SessionRecord, avatar: Avat
     return await request.app[keys.AVATARS].open(record.id, avatar, expires_at)
 
 
-def avatar_request(body: dict[str, Any]) -> AvatarRequest | None:
+def avatar_request(body: dict[str, Any], defaults: Preferences = Preferences()) -> AvatarRequest | None:
     """`avatar`, `avatar_id`, `quality`, `voice_id` of a session's body; None when no avatar is asked for."""
-    wanted = body.get("avatar", False)
+    wanted = body.get("avatar", defaults.enable_avatar)
     if not isinstance(wanted, bool):
         raise ApiError(400, "invalid_avatar", "`avatar` must be true or false")
     if not wanted:
         return None
-    return avatar_fields(body)
+    return avatar_fields(body, defaults)
 
 
-def avatar_fields(body: dict[str, Any]) -> AvatarRequest:
-    avatar_id, quality, voice_id = body.get("avatar_id"), body.get("quality", "medium"), body.get("voice_id")
+def session_voice(body: dict[str, Any], defaults: Preferences) -> str | None:
+    """The TTS voice of the session's call: the body's `voice_id`, else the preferred one (a voice the
+    call's TTS does not have leaves it speaking in its own)."""
+    voice_id = body.get("voice_id", defaults.voice_id)
+    if voice_id is not None and (not isinstance(voice_id, str) or not voice_id.strip() or len(voice_id) > 255):
+        raise ApiError(400, "invalid_voice", "`voice_id` must be a non-empty string of at most 255 characters")
+    return voice_id.strip() if voice_id else None
+
+
+def avatar_fields(body: dict[str, Any], defaults: Preferences = Preferences()) -> AvatarRequest:
+    avatar_id = body.get("avatar_id", defaults.avatar_id)
+    quality, voice_id = body.get("quality", defaults.quality), body.get("voice_id", defaults.voice_id)
     for name, value in (("avatar_id", avatar_id), ("voice_id", voice_id)):
         if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > 255):
             raise ApiError(400, "invalid_avatar", f"`{name}` must be a non-empty string of at most 255 characters")
@@ -201,13 +217,8 @@ async def post_message(request: web.Request) -> web.Response:
 
 async def read_text(request: web.Request) -> str:
     """The body's `text`, stripped: a non-empty string within MAX_MESSAGE_CHARS, else 400 `invalid_text`."""
-    text = (await read_json(request)).get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise ApiError(400, "invalid_text", "`text` must be a non-empty string")
     max_chars = request.app[keys.SETTINGS].limits.max_message_chars
-    if max_chars and len(text) > max_chars:
-        raise ApiError(400, "invalid_text", f"`text` is longer than {max_chars} characters")
-    return text.strip()
+    return message_text((await read_json(request)).get("text"), "text", "invalid_text", max_chars)
 
 
 @routes.get("/api/v1/sessions/{session_id}")

@@ -46,12 +46,24 @@ def default_node_id(port: int) -> str:
     return f"{socket.gethostname()}:{port}"
 
 
-def _body_limit(raw: str | None, default: int) -> int:
+def _body_limit(raw: str | None, default: int, name: str = "MAX_BODY_BYTES") -> int:
     if raw is None or not raw.strip():
         return default
     if not raw.strip().isdigit() or int(raw) < 1024:
-        raise ValueError(f"MAX_BODY_BYTES must be a whole number of bytes >= 1024, got {raw!r}")
+        raise ValueError(f"{name} must be a whole number of bytes >= 1024, got {raw!r}")
     return int(raw)
+
+
+def _positive_float(raw: str | None, name: str, default: float) -> float:
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a number of seconds > 0, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,9 @@ class Settings:
     turn: TurnConfig | None = None  # TURN_URLS, TURN_SECRET, TURN_TTL_S: short-lived credentials per session and call
     session_ttl_seconds: int = 300
     max_body_bytes: int = 64 * 1024
+    # POST /api/v1/voice/transcribe only: the longest clip, and the biggest upload (its own body limit).
+    max_clip_seconds: float = 60.0
+    max_clip_bytes: int = 16 * 1024 * 1024
     # Stable across restarts on one host and port, so a restarted node ends the calls it owned.
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     quota_chunk_seconds: float = 5.0
@@ -82,6 +97,8 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     # AVATAR_TOKEN_KEYS (storage/token_cipher.py): the keys of avatar tokens at rest, newest first.
     avatar_token_keys: str | None = field(default=None, repr=False)
+    # METRICS_TOKEN: when set, GET /metrics needs `Authorization: Bearer <it>` (signaling/metrics.py).
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -114,12 +131,15 @@ class Settings:
             turn=TurnConfig.from_env(environ),
             session_ttl_seconds=int(environ.get("SESSION_TTL_SECONDS", defaults.session_ttl_seconds)),
             max_body_bytes=_body_limit(environ.get("MAX_BODY_BYTES"), defaults.max_body_bytes),
+            max_clip_seconds=_positive_float(environ.get("MAX_CLIP_SECONDS"), "MAX_CLIP_SECONDS", defaults.max_clip_seconds),
+            max_clip_bytes=_body_limit(environ.get("MAX_CLIP_BYTES"), defaults.max_clip_bytes, "MAX_CLIP_BYTES"),
             pipeline=environ.get("PIPELINE", defaults.pipeline),
             end_of_turn_ms=int(environ.get("END_OF_TURN_MS", defaults.end_of_turn_ms)),
             end_of_turn_unfinished_ms=int(environ.get("END_OF_TURN_UNFINISHED_MS", defaults.end_of_turn_unfinished_ms)),
             engines=EngineConfig.from_env(environ),
             limits=Limits.from_env(environ),
             avatar_token_keys=(environ.get("AVATAR_TOKEN_KEYS") or "").strip() or None,
+            metrics_token=(environ.get("METRICS_TOKEN") or "").strip() or None,
         )
 
     def resolve_jwt_secret(self, *, create: bool | None = None) -> str:

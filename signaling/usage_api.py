@@ -79,8 +79,8 @@ async def set_quota(request: web.Request) -> web.Response:
     if not principal.is_admin:
         raise ApiError(403, "forbidden", "setting quotas needs the admin role")
     user_id = request.match_info["user_id"]
-    if not user_id or len(user_id) > 255:
-        raise ApiError(400, "invalid_user", "the user id must be 1 to 255 characters")
+    if not user_id or len(user_id) > 255 or "\x00" in user_id:  # Postgres text cannot hold NUL
+        raise ApiError(400, "invalid_user", "the user id must be 1 to 255 characters, without NUL")
     body = await read_json(request)
     limits = body.get("limits")
     if not isinstance(limits, dict) or not limits:
