@@ -1,4 +1,8 @@
 // The browser side of a call: token, session, WebRTC offer/answer, trickle ICE, and the event WebSocket.
+// The views beside the call (preferences, history, usage) live in static/views/.
+import { accessToken, api } from "/static/api.js";
+import { startViews } from "/static/views/tabs.js";
+
 const $ = (id) => document.getElementById(id);
 
 const ui = {
@@ -25,28 +29,6 @@ function logEvent(event) {
   item.textContent = JSON.stringify(event);
   ui.events.prepend(item);
   while (ui.events.children.length > 200) ui.events.lastChild.remove();
-}
-
-async function api(method, path, body) {
-  const response = await fetch(path, {
-    method,
-    headers: { "Authorization": `Bearer ${window.voiceCall.token}`, "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  if (response.status === 204) return null;
-  const data = await response.json();
-  if (!response.ok) throw new Error(`${data.error?.code}: ${data.error?.message}`);
-  return data;
-}
-
-async function accessToken() {
-  const fromUrl = new URLSearchParams(location.search).get("access_token");
-  if (fromUrl) return fromUrl;
-  const userId = localStorage.getItem("voice-user") || `user-${crypto.randomUUID().slice(0, 8)}`;
-  localStorage.setItem("voice-user", userId);
-  const response = await fetch("/dev/token", { method: "POST", body: JSON.stringify({ user_id: userId }) });
-  if (!response.ok) throw new Error("no access token: open this page with ?access_token=<token>");
-  return (await response.json()).access_token;
 }
 
 function meterLoop(stream, meter) {
@@ -136,9 +118,10 @@ async function connect() {
   setStatus("connecting");
   try {
     window.voiceCall.token = await accessToken();
-    // The avatar (rendered here, or the LiveAvatar relayed through this server); `?avatar=0` calls with voice only.
-    const wantAvatar = new URLSearchParams(location.search).get("avatar") !== "0";
-    const session = await api("POST", "/api/v1/sessions", { avatar: wantAvatar });
+    // The avatar (rendered here, or the LiveAvatar relayed through this server): without `?avatar=`, the
+    // server applies the saved preferences (Preferences view); `?avatar=1` / `?avatar=0` decide for this call.
+    const avatarParam = new URLSearchParams(location.search).get("avatar");
+    const session = await api("POST", "/api/v1/sessions", avatarParam === null ? {} : { avatar: avatarParam !== "0" });
     window.voiceCall.sessionId = session.session_id;
     const base = `/api/v1/sessions/${session.session_id}`;
 
@@ -201,6 +184,7 @@ function teardown() {
   ui.hangup.disabled = true;
   ui.chatText.disabled = true;
   ui.chatSend.disabled = true;
+  document.dispatchEvent(new CustomEvent("voicecall:ended"));  // History and Usage views may now be stale
 }
 
 async function hangup() {
@@ -224,3 +208,4 @@ async function sendChat(event) {
 ui.connect.addEventListener("click", connect);
 ui.hangup.addEventListener("click", hangup);
 ui.chatForm.addEventListener("submit", sendChat);
+startViews();
