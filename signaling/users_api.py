@@ -52,11 +52,13 @@ async def get_me(request: web.Request) -> web.Response:
     plan = await request.app[keys.USERS].plan_of(principal.user_id)
     limits = await request.app[keys.QUOTAS].limits(principal.user_id)
     preferences = await request.app[keys.PREFERENCES].get(principal.user_id)
+    saved = await request.app[keys.PREFERENCES].saved(principal.user_id)
     return web.json_response({
         "user_id": principal.user_id,
         "plan": plan or DEFAULT_PLAN,
         "limits": {usage_type: _present(usage_type, limit) for usage_type, limit in limits.items()},
         "preferences": preferences.to_json(),
+        "preferences_saved": saved,
     })  # fmt: skip
 
 

@@ -113,15 +113,22 @@ function showUsage(event) {
 
 let micContext = null, speakerContext = null, ws = null, localStream = null;
 
+async function sessionBody() {
+  const avatarParam = new URLSearchParams(location.search).get("avatar");
+  if (avatarParam !== null) return { avatar: avatarParam !== "0" };
+  const me = await api("GET", "/api/v1/users/me");
+  return me.preferences_saved ? {} : { avatar: true };
+}
+
 async function connect() {
   ui.connect.disabled = true;
   setStatus("connecting");
   try {
     window.voiceCall.token = await accessToken();
-    // The avatar (rendered here, or the LiveAvatar relayed through this server): without `?avatar=`, the
-    // server applies the saved preferences (Preferences view); `?avatar=1` / `?avatar=0` decide for this call.
-    const avatarParam = new URLSearchParams(location.search).get("avatar");
-    const session = await api("POST", "/api/v1/sessions", avatarParam === null ? {} : { avatar: avatarParam !== "0" });
+    // The avatar (rendered here, or the LiveAvatar relayed through this server): `?avatar=1` / `?avatar=0`
+    // decide for this call; else the saved preferences (Preferences view) do, and until the user saves
+    // any the page shows the avatar (the API's own default stays no avatar).
+    const session = await api("POST", "/api/v1/sessions", await sessionBody());
     window.voiceCall.sessionId = session.session_id;
     const base = `/api/v1/sessions/${session.session_id}`;
 

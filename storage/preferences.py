@@ -34,6 +34,10 @@ class PreferencesRepository:
         )
         return Preferences(**dict(row)) if row is not None else Preferences()
 
+    async def saved(self, user_id: str) -> bool:
+        """Whether the user ever set preferences (a page may keep its own defaults until then)."""
+        return bool(await self._pool.fetchval("select exists(select 1 from user_preferences where user_id = $1)", user_id))
+
     async def update(self, user_id: str, changes: Mapping[str, Any]) -> Preferences:
         """Set the given fields (already validated), keep the others; returns all of them as stored.
 

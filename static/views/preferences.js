@@ -36,11 +36,12 @@ export function startPreferences() {
     fields.status.dataset.kind = kind;
   }
 
-  function show(preferences) {
+  function show(preferences, saved = true) {
     choose(fields.avatar, preferences.avatar_id);
     choose(fields.voice, preferences.voice_id);
     fields.quality.value = preferences.quality ?? "medium";
-    fields.enableAvatar.checked = Boolean(preferences.enable_avatar);
+    // Until the user saves preferences the page's calls show the avatar (app.js): say so here too.
+    fields.enableAvatar.checked = saved ? Boolean(preferences.enable_avatar) : true;
     dirty = false;
   }
 
@@ -54,7 +55,7 @@ export function startPreferences() {
       fillSelect(fields.avatar, avatars.avatars, "avatar_id", (a) => a.name, avatars.default_avatar_id);
       fillSelect(fields.voice, voices.voices, "voice_id",
         (v) => (v.language ? `${v.name} (${v.language})` : v.name), voices.default_voice_id);
-      show(me.preferences);
+      show(me.preferences, me.preferences_saved);
       loaded = true;
       say("");
     } catch (error) {
