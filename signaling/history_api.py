@@ -22,11 +22,10 @@ from signaling.sessions_api import load_session, op_response, run_op
 from storage.messages import MessageRepository, NewMessage
 from storage.session_history import SessionHistoryRepository
 from storage.sessions import SessionRecord
-from storage.usage import TIME_USAGE_TYPES, USAGE_TYPES, MeterReading
+from storage.usage import USAGE_TYPES, MeterReading, presented
 
 routes = web.RouteTableDef()
 
-_US_PER_SECOND = 1_000_000
 # Agent tokens of chats answered without a call: one running total per session, billed as agent_tokens.
 CHAT_TOKENS_METER = "chat_agent_tokens"
 # One chat's meter update at a time per session on this node (the total is read, then raised).
@@ -91,14 +90,10 @@ async def my_sessions(request: web.Request) -> web.Response:
     sessions = []
     for summary in page.sessions:
         body = summary.record.to_json()
-        body["usage"] = {t: _present(t, summary.usage.get(t, 0)) for t in USAGE_TYPES}
+        body["usage"] = {t: presented(t, summary.usage.get(t, 0)) for t in USAGE_TYPES}
         body["message_count"] = summary.message_count
         sessions.append(body)
     return web.json_response({"sessions": sessions, "next_cursor": next_cursor})
-
-
-def _present(usage_type: str, amount: int) -> float | int:
-    return amount / _US_PER_SECOND if usage_type in TIME_USAGE_TYPES else amount
 
 
 @routes.post("/api/v1/chat/messages")

@@ -11,11 +11,10 @@ from signaling import keys
 from signaling.auth import principal_of
 from signaling.errors import ApiError, read_json
 from signaling.sessions_api import load_session, run_op
-from storage.usage import TIME_USAGE_TYPES, USAGE_TYPES
+from storage.usage import TIME_USAGE_TYPES, US_PER_SECOND, USAGE_TYPES, presented, unit_of
 
 routes = web.RouteTableDef()
 
-_US_PER_SECOND = 1_000_000
 _INT64_MAX = 2**63 - 1  # limits are stored as Postgres bigint
 
 
@@ -27,7 +26,7 @@ def _stored_limit(usage_type: str, value: object) -> int:
     if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
         raise ApiError(400, "invalid_limits", f"the limit of {usage_type} must be a finite number >= 0 or null")
     if usage_type in TIME_USAGE_TYPES:
-        stored = value * _US_PER_SECOND
+        stored = value * US_PER_SECOND
         # Comparing a float with an int is exact in Python, so nothing past int64 slips through.
         if stored > _INT64_MAX:
             raise ApiError(400, "invalid_limits", f"the limit of {usage_type} is too large")
@@ -50,12 +49,6 @@ async def session_usage(request: web.Request) -> web.Response:
     return web.json_response({"session_id": str(record.id), **usage_summary(samples)})
 
 
-def _present(usage_type: str, amount: int | None) -> float | int | None:
-    if amount is None:
-        return None
-    return amount / _US_PER_SECOND if usage_type in TIME_USAGE_TYPES else amount
-
-
 @routes.get("/api/v1/usage")
 async def my_usage(request: web.Request) -> web.Response:
     principal = principal_of(request)
@@ -64,10 +57,10 @@ async def my_usage(request: web.Request) -> web.Response:
     for usage_type in USAGE_TYPES:
         row = period[usage_type]
         types[usage_type] = {
-            "unit": "seconds" if usage_type in TIME_USAGE_TYPES else usage_type.split("_")[-1],
-            "used": _present(usage_type, row.used),
-            "limit": _present(usage_type, row.limit),
-            "remaining": _present(usage_type, row.remaining),
+            "unit": unit_of(usage_type),
+            "used": presented(usage_type, row.used),
+            "limit": presented(usage_type, row.limit),
+            "remaining": presented(usage_type, row.remaining),
         }
     return web.json_response({"user_id": principal.user_id, "usage": types})
 
@@ -94,4 +87,4 @@ async def set_quota(request: web.Request) -> web.Response:
             continue
         stored[usage_type] = _stored_limit(usage_type, value)
     applied = await request.app[keys.QUOTAS].set_limits(user_id, stored)
-    return web.json_response({"user_id": user_id, "limits": {t: _present(t, v) for t, v in applied.items()}})
+    return web.json_response({"user_id": user_id, "limits": {t: presented(t, v) for t, v in applied.items()}})

@@ -6,24 +6,10 @@ from aiohttp import web
 
 from signaling import keys
 from signaling.auth import principal_of
-from storage.usage import TIME_USAGE_TYPES, USAGE_TYPES
+from storage.usage import USAGE_TYPES, presented, unit_of
 from storage.usage_daily import DailyUsageRepository
 
 routes = web.RouteTableDef()
-
-_US_PER_SECOND = 1_000_000
-
-
-def unit_of(usage_type: str) -> str:
-    """As GET /api/v1/usage names it: seconds for time types, else the type's last word (characters, tokens)."""
-    return "seconds" if usage_type in TIME_USAGE_TYPES else usage_type.split("_")[-1]
-
-
-def presented(usage_type: str, amount: int | None) -> float | int | None:
-    """Stored microseconds become seconds; counts stay whole numbers; None (unlimited) stays None."""
-    if amount is None:
-        return None
-    return amount / _US_PER_SECOND if usage_type in TIME_USAGE_TYPES else amount
 
 
 @routes.get("/api/v1/usage/daily")

@@ -13,11 +13,10 @@ from signaling import keys
 from signaling.auth import principal_of
 from signaling.errors import ApiError, read_json
 from storage.preferences import PREFERENCE_FIELDS, Preferences
-from storage.usage import DEFAULT_PLAN, TIME_USAGE_TYPES
+from storage.usage import DEFAULT_PLAN, presented
 
 routes = web.RouteTableDef()
 
-_US_PER_SECOND = 1_000_000
 _MAX_ID_CHARS = 255  # the columns' size
 
 
@@ -56,17 +55,10 @@ async def get_me(request: web.Request) -> web.Response:
     return web.json_response({
         "user_id": principal.user_id,
         "plan": plan or DEFAULT_PLAN,
-        "limits": {usage_type: _present(usage_type, limit) for usage_type, limit in limits.items()},
+        "limits": {usage_type: presented(usage_type, limit) for usage_type, limit in limits.items()},
         "preferences": preferences.to_json(),
         "preferences_saved": saved,
     })  # fmt: skip
-
-
-def _present(usage_type: str, amount: int | None) -> float | int | None:
-    """As GET /api/v1/usage shows it: seconds for time types, whole units otherwise."""
-    if amount is None:
-        return None
-    return amount / _US_PER_SECOND if usage_type in TIME_USAGE_TYPES else amount
 
 
 @routes.put("/api/v1/users/me/preferences")

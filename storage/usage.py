@@ -23,6 +23,20 @@ METER_KINDS = ("audio", "video", "time", "count")
 METER_DIRECTIONS = ("inbound", "outbound", "none")
 DEFAULT_PLAN = "free"
 
+US_PER_SECOND = 1_000_000
+
+
+def presented(usage_type: str, amount: int | None) -> float | int | None:
+    """An amount as the API shows it: stored microseconds become seconds, counts stay whole, None (unlimited) stays."""
+    if amount is None:
+        return None
+    return amount / US_PER_SECOND if usage_type in TIME_USAGE_TYPES else amount
+
+
+def unit_of(usage_type: str) -> str:
+    """The unit the API shows a type in: seconds for time types, else the type's last word (characters, tokens)."""
+    return "seconds" if usage_type in TIME_USAGE_TYPES else usage_type.split("_")[-1]
+
 
 def period_sql(param: str) -> str:
     """The first day of the UTC month of the timestamptz parameter, or of the database's now() if null.
