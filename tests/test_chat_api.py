@@ -13,7 +13,7 @@ from signaling import keys
 from tests.conftest import RunningServer
 from tests.speech import utterance, voiced_seconds, with_silence
 from tests.test_history_api import all_messages, chat
-from tests.test_voice_loop import connected_client, words
+from tests.test_voice_loop import live_call, words
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -40,9 +40,8 @@ def heard_whole(message: Message) -> bool:
 
 
 async def test_chat_on_a_live_call_is_spoken_when_asked(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    session_id = str(client.session_id)
-    try:
+    async with live_call(http, voice_server) as (client, log):
+        session_id = str(client.session_id)
         await asyncio.sleep(0.3)
         client.recorder.reset()
         mark = len(log.events)
@@ -60,15 +59,11 @@ async def test_chat_on_a_live_call_is_spoken_when_asked(voice_server: RunningSer
         assert reply["message_id"] == answer["message_id"] and reply["source"] == "voice"
         assert reply["content"] == answer["content"] and reply["interrupted"] is False
         assert reply["spoken_characters"] == reply["generated_characters"] == len(str(answer["content"]))
-    finally:
-        log.close()
-        await client.hangup(http)
 
 
 async def test_chat_on_a_live_call_is_not_spoken_unless_asked(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    session_id = str(client.session_id)
-    try:
+    async with live_call(http, voice_server) as (client, log):
+        session_id = str(client.session_id)
         await asyncio.sleep(0.3)
         client.recorder.reset()
         mark = len(log.events)
@@ -85,15 +80,11 @@ async def test_chat_on_a_live_call_is_not_spoken_unless_asked(voice_server: Runn
         assert [m["message_id"] for m in messages] == [answer["user_message_id"], answer["message_id"]]
         assert messages[1]["source"] == "text" and messages[1]["spoken_characters"] is None
         assert messages[1]["content"] == answer["content"]
-    finally:
-        log.close()
-        await client.hangup(http)
 
 
 async def test_a_spoken_turn_is_stored_with_its_times(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    session_id = str(client.session_id)
-    try:
+    async with live_call(http, voice_server) as (client, log):
+        session_id = str(client.session_id)
         client.source.play(with_silence(utterance("Hello, what time is it?"), before_s=1.0))
         final = await log.wait_for("transcript", final=True, timeout=30)
         await log.wait_for("bot_speaking", speaking=False, timeout=30, after=log.events.index(final))
@@ -109,9 +100,6 @@ async def test_a_spoken_turn_is_stored_with_its_times(voice_server: RunningServe
         assert reply["role"] == "agent" and reply["source"] == "voice" and reply["interrupted"] is False
         assert {"what", "time"} <= words(str(question["content"]))
         assert reply["spoken_characters"] == reply["generated_characters"] == len(str(reply["content"]))
-    finally:
-        log.close()
-        await client.hangup(http)
     # After the call: the session list shows what it used and how many messages it holds.
     async with http.get(f"{voice_server.base_url}/api/v1/sessions", headers=client.headers) as resp:
         listed = (await resp.json())["sessions"]
@@ -120,9 +108,8 @@ async def test_a_spoken_turn_is_stored_with_its_times(voice_server: RunningServe
 
 
 async def test_an_interrupted_reply_is_stored_as_spoken(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    session_id = str(client.session_id)
-    try:
+    async with live_call(http, voice_server) as (client, log):
+        session_id = str(client.session_id)
         # The demo agent's fallback answer is long: plenty of time to interrupt it (as the barge-in test does).
         client.source.play(with_silence(utterance("Tell me a story about the ocean."), after_s=0.7))
         first = await log.wait_for("agent_text", final=True, timeout=30)
@@ -150,17 +137,13 @@ async def test_an_interrupted_reply_is_stored_as_spoken(voice_server: RunningSer
         assert messages[3]["interrupted"] is False and "today" in str(messages[3]["content"]).lower()
         assert "date" in words(str(messages[2]["content"]))
         assert int(messages[0]["turn_end_ms"]) <= int(messages[2]["turn_start_ms"])  # type: ignore[call-overload]
-    finally:
-        log.close()
-        await client.hangup(http)
 
 
 async def test_chat_reaches_a_call_on_another_node(
     voice_server: RunningServer, loopback_server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
-    client, log = await connected_client(http, voice_server)
-    session_id = str(client.session_id)
-    try:
+    async with live_call(http, voice_server) as (client, log):
+        session_id = str(client.session_id)
         mark = len(log.events)
         # Asked of the other node (on the same database): the call's node answers, and speaks.
         answer = await chat(http, loopback_server, client.headers, session_id, "What is the date today?", enable_avatar_speech=True)
@@ -168,15 +151,11 @@ async def test_chat_reaches_a_call_on_another_node(
         await log.wait_for("bot_speaking", speaking=True, after=mark)
         messages = await wait_for_messages(http, loopback_server, client.headers, session_id, lambda ms: len(ms) == 2)
         assert [m["message_id"] for m in messages] == [answer["user_message_id"], answer["message_id"]]
-    finally:
-        log.close()
-        await client.hangup(http)
 
 
 async def test_session_messages_route_is_recorded_too(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    session_id = str(client.session_id)
-    try:
+    async with live_call(http, voice_server) as (client, log):
+        session_id = str(client.session_id)
         url = f"{voice_server.base_url}/api/v1/sessions/{session_id}/messages"
         async with http.post(url, json={"text": "What is the date today?"}, headers=client.headers) as resp:
             assert resp.status == 200, await resp.text()
@@ -186,22 +165,15 @@ async def test_session_messages_route_is_recorded_too(voice_server: RunningServe
         assert [(m["role"], m["source"], m["content"]) for m in messages] == [
             ("user", "text", body["text"]), ("agent", "voice", body["reply"])
         ]
-    finally:
-        log.close()
-        await client.hangup(http)
 
 
 async def test_a_reply_cut_by_the_hang_up_is_stored_as_heard(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    session_id = str(client.session_id)
-    try:
+    async with live_call(http, voice_server) as (client, log):
+        session_id = str(client.session_id)
         mark = len(log.events)
         answer = await chat(http, voice_server, client.headers, session_id, "Tell me a story about the ocean.", enable_avatar_speech=True)
         await log.wait_for("bot_speaking", speaking=True, after=mark)
         await asyncio.sleep(0.6)
-    finally:
-        log.close()
-        await client.hangup(http)
     # The hang-up returns once the call has ended, and the call wrote its last word before it ended.
     messages = await all_messages(http, voice_server, client.headers, session_id)
     reply = messages[1]

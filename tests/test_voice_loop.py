@@ -6,6 +6,8 @@ import asyncio
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
@@ -66,13 +68,23 @@ async def connected_client(http: aiohttp.ClientSession, server: RunningServer) -
     return client, log
 
 
+@asynccontextmanager
+async def live_call(http: aiohttp.ClientSession, server: RunningServer) -> AsyncIterator[tuple[RtcClient, EventLog]]:
+    """A connected call for the body of a `with`; its event log closed and the call hung up on the way out."""
+    client, log = await connected_client(http, server)
+    try:
+        yield client, log
+    finally:
+        log.close()
+        await client.hangup(http)
+
+
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower()))
 
 
 async def test_spoken_question_gets_a_spoken_answer(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    try:
+    async with live_call(http, voice_server) as (client, log):
         client.source.play(with_silence(utterance("Hello, what time is it?")))
         final = await log.wait_for("transcript", final=True)
         assert {"what", "time", "is", "it"} <= words(str(final["text"])), final
@@ -88,14 +100,10 @@ async def test_spoken_question_gets_a_spoken_answer(voice_server: RunningServer,
         await log.wait_for("bot_speaking", speaking=False)
         heard = client.recorder.audio()
         assert voiced_seconds(heard) > 0.5 and rms(heard) > 300
-    finally:
-        log.close()
-        await client.hangup(http)
 
 
 async def test_interim_transcripts_arrive_while_speaking(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    try:
+    async with live_call(http, voice_server) as (client, log):
         long_sentence = "Please repeat after me: the quick brown fox jumps over the lazy dog near the river bank."
         client.source.play(with_silence(utterance(long_sentence)))
         final = await log.wait_for("transcript", final=True, timeout=20)
@@ -106,16 +114,12 @@ async def test_interim_transcripts_arrive_while_speaking(voice_server: RunningSe
         assert len(expected & words(str(final["text"]))) >= 0.7 * len(expected), final
         reply = await log.wait_for("agent_text", final=True)
         assert "fox" in str(reply["text"]).lower()
-    finally:
-        log.close()
-        await client.hangup(http)
 
 
 async def test_barge_in_stops_the_bot_within_a_frame(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    call = voice_server.app[keys.CALLS].get(uuid.UUID(client.session_id))
-    assert call is not None
-    try:
+    async with live_call(http, voice_server) as (client, log):
+        call = voice_server.app[keys.CALLS].get(uuid.UUID(client.session_id))
+        assert call is not None
         # The fallback answer is long: plenty of time to interrupt it.
         client.source.play(with_silence(utterance("Tell me a story about the ocean."), after_s=0.7))
         await log.wait_for("bot_speaking", speaking=True, timeout=20)
@@ -137,16 +141,12 @@ async def test_barge_in_stops_the_bot_within_a_frame(voice_server: RunningServer
         assert "date" in words(str(final["text"]))
         reply = await log.wait_for("agent_text", final=True, after=mark)
         assert "today" in str(reply["text"]).lower()
-    finally:
-        log.close()
-        await client.hangup(http)
 
 
 async def test_chat_messages_are_answered_and_spoken(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
-    client, log = await connected_client(http, voice_server)
-    call = voice_server.app[keys.CALLS].get(uuid.UUID(client.session_id))
-    assert call is not None
-    try:
+    async with live_call(http, voice_server) as (client, log):
+        call = voice_server.app[keys.CALLS].get(uuid.UUID(client.session_id))
+        assert call is not None
         await asyncio.sleep(0.5)
         client.recorder.reset()
         call.audio_out.reset_gap_stats()
@@ -163,9 +163,6 @@ async def test_chat_messages_are_answered_and_spoken(voice_server: RunningServer
         assert call.audio_out.max_frame_gap_ms < 40, call.audio_out.max_frame_gap_ms
         async with http.post(url, json={"text": "  "}, headers=client.headers) as resp:
             assert resp.status == 400
-    finally:
-        log.close()
-        await client.hangup(http)
 
 
 async def test_chat_before_the_offer_is_a_409(voice_server: RunningServer, http: aiohttp.ClientSession) -> None:
