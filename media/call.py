@@ -143,7 +143,7 @@ class Call:
         await self._pipeline.start()
         # No renegotiation: the offer's tracks are all the tracks this call will have.
         for decoder in self._decoders:
-            decoder.attach(self._on_audio_frame, getattr(self._pipeline, "inbound_rate", None))
+            decoder.attach(self._on_audio_frame, self._pipeline.inbound_rate)
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             self._spawn(self._apply_candidate(candidate), "pending-candidate")
