@@ -18,7 +18,7 @@ from signaling import keys, page_cursor
 from signaling.auth import principal_of
 from signaling.cluster import MESSAGE_TIMEOUT_S
 from signaling.errors import ApiError, message_text, read_json
-from signaling.sessions_api import load_session, op_response, run_op
+from signaling.sessions_api import load_session, op_response, require_quota, run_op
 from storage.messages import MessageRepository, NewMessage
 from storage.session_history import SessionHistoryRepository
 from storage.sessions import SessionRecord
@@ -115,10 +115,7 @@ async def chat_message(request: web.Request) -> web.Response:
     record = await request.app[keys.SESSIONS].get_for_user(session_id, principal.user_id)
     if record is None:
         raise ApiError(404, "session_not_found", "no such session")
-    needed = ["agent_tokens", "tts_characters"] if speak else ["agent_tokens"]
-    exhausted = await request.app[keys.QUOTAS].exhausted_types(principal.user_id, needed)
-    if exhausted:
-        raise ApiError(403, "quota_exceeded", f"no quota left this month for: {', '.join(exhausted)}")
+    await require_quota(request, principal.user_id, ["agent_tokens", "tts_characters"] if speak else ["agent_tokens"])
     if record.status in ("connecting", "connected"):
         result = await run_op(request, record, "chat", {"text": text, "speak": speak}, timeout=MESSAGE_TIMEOUT_S)
         status, answer = result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -92,10 +93,7 @@ async def create_user_session(request: web.Request, avatar: AvatarRequest | None
     principal = principal_of(request)
     await request.app[keys.USERS].ensure(principal.user_id)
     # Refused only for what a call cannot do without; an exhausted avatar quota means no avatar.
-    needed = request.app[keys.CALLS].accounting.call_usage_types
-    exhausted = await request.app[keys.QUOTAS].exhausted_types(principal.user_id, needed)
-    if exhausted:
-        raise ApiError(403, "quota_exceeded", f"no quota left this month for: {', '.join(exhausted)}")
+    await require_quota(request, principal.user_id, request.app[keys.CALLS].accounting.call_usage_types)
     settings = request.app[keys.SETTINGS]
     sessions: SessionRepository = request.app[keys.SESSIONS]
     try:
@@ -120,6 +118,13 @@ async def create_user_session(request: web.Request, avatar: AvatarRequest | None
     )
     ice = session_ice_servers(settings.ice_servers, settings.turn, principal.user_id, time.time())
     return CreatedSession(record, ice, opened, agent_session_id)
+
+
+async def require_quota(request: web.Request, user_id: str, usage_types: Iterable[str]) -> None:
+    """403 quota_exceeded naming every type of `usage_types` with nothing left this month."""
+    exhausted = await request.app[keys.QUOTAS].exhausted_types(user_id, usage_types)
+    if exhausted:
+        raise ApiError(403, "quota_exceeded", f"no quota left this month for: {', '.join(exhausted)}")
 
 
 async def _open_avatar(request: web.Request, record: SessionRecord, avatar: AvatarRequest | None, user_id: str) -> AvatarOpened | None:
