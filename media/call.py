@@ -90,6 +90,7 @@ class Call:
         self._decoders: list[InlineDecoder] = []
         self._accepted = False
         self._last_media_at = 0.0
+        self._loop_time: Callable[[], float] | None = None  # the loop's clock, kept: asking for the loop per packet costs a getpid()
         self._frame_error_logged_at = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
         self._critical: set[asyncio.Task[None]] = set()
@@ -148,6 +149,7 @@ class Call:
         for candidate in pending:
             self._spawn(self._apply_candidate(candidate), "pending-candidate")
         loop = asyncio.get_running_loop()
+        self._loop_time = loop.time
         self._last_media_at = loop.time()
         self._spawn(
             watch_call(self._limits, lambda: self.state, lambda: self._last_media_at, self.close_soon), "watchdog"
@@ -212,7 +214,7 @@ class Call:
     # -- media -------------------------------------------------------------------------------
 
     def _on_inbound_rtp(self, packet: RtpPacket) -> None:
-        self._last_media_at = asyncio.get_running_loop().time()
+        self._last_media_at = self._loop_time() if self._loop_time is not None else asyncio.get_running_loop().time()
         self.usage.on_inbound_audio_packet(packet)
 
     def _on_audio_frame(self, frame: av.AudioFrame) -> None:

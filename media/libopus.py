@@ -23,6 +23,8 @@ import threading
 import av
 import numpy as np
 
+from media.opus_steady import SteadyDecodes
+
 RATES = (8_000, 12_000, 16_000, 24_000, 48_000)
 APPLICATION_VOIP = 2048
 _SET_BITRATE = 4002
@@ -75,6 +77,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.opus_decoder_create.argtypes = [c_int32, c_int, ctypes.POINTER(c_int)]
     lib.opus_decode.restype = c_int
     lib.opus_decode.argtypes = [c_void_p, c_char_p, c_int32, c_void_p, c_int, c_int]
+    lib.opus_decoder_get_size.restype = c_int
+    lib.opus_decoder_get_size.argtypes = [c_int]
     lib.opus_decoder_destroy.restype = None
     lib.opus_decoder_destroy.argtypes = [c_void_p]
     lib.opus_encoder_create.restype = c_void_p
@@ -118,9 +122,14 @@ def _error(lib: ctypes.CDLL, code: int) -> OpusError:
 
 
 class OpusDecoder:
-    """Opus packets -> int16 PCM at `rate` (8/12/16/24/48 kHz), `channels` 1 or 2, interleaved."""
+    """Opus packets -> int16 PCM at `rate` (8/12/16/24/48 kHz), `channels` 1 or 2, interleaved.
 
-    def __init__(self, rate: int, channels: int = 1) -> None:
+    reuse_steady: once libopus has settled on a repeated packet or a short cycle of them (a muted
+    microphone), answer them with the samples they gave, exactly what decoding them again would give
+    (media.opus_steady).
+    """
+
+    def __init__(self, rate: int, channels: int = 1, *, reuse_steady: bool = True) -> None:
         if rate not in RATES or channels not in (1, 2):
             raise ValueError(f"libopus decodes at {RATES} Hz, 1 or 2 channels; not {rate} Hz, {channels}")
         lib = _library()
@@ -132,14 +141,36 @@ class OpusDecoder:
             raise _error(lib, error.value)
         self._lib = lib
         self._state: int | None = state
+        self._state_size = lib.opus_decoder_get_size(channels)
         self._max_samples = rate * _MAX_FRAME_MS // 1000
         self._buffer = np.zeros(self._max_samples * channels, dtype=np.int16)
         self._pointer = self._buffer.ctypes.data
+        self._steady = SteadyDecodes(self._read_state, self._write_state) if reuse_steady else None
+        self.reused = 0  # packets answered with their settled samples instead of decoded
+
+    def _read_state(self) -> bytes:
+        return ctypes.string_at(self._state, self._state_size)
+
+    def _write_state(self, state: bytes) -> None:
+        ctypes.memmove(self._state, state, self._state_size)
 
     def decode(self, payload: bytes) -> np.ndarray:
         """One packet -> its samples (a view of a buffer reused by the next call: copy to keep it)."""
         if self._state is None:
             raise OpusError("the decoder is closed")
+        steady = self._steady
+        if steady is not None:
+            samples = steady.answer(payload)
+            if samples is not None:
+                self.reused += 1
+                self._buffer[: samples.size] = samples
+                return self._buffer[: samples.size]
+        out = self._decode(payload)
+        if steady is not None:
+            steady.learn(payload, out)
+        return out
+
+    def _decode(self, payload: bytes) -> np.ndarray:
         samples = self._lib.opus_decode(self._state, payload, len(payload), self._pointer, self._max_samples, 0)
         if samples < 0:
             raise _error(self._lib, samples)
