@@ -41,6 +41,8 @@ _NO_PROBS = np.zeros(0, dtype=np.float32)
 _NO_PROBS.flags.writeable = False
 _SKIPPED = np.zeros(1, dtype=np.float32)
 _SKIPPED.flags.writeable = False
+# The ufuncs' reductions themselves: ndarray.max()/min() go through numpy's Python wrappers first.
+_peak_high, _peak_low = np.maximum.reduce, np.minimum.reduce
 
 _session: onnxruntime.InferenceSession | None = None
 _session_lock = threading.Lock()
@@ -149,7 +151,7 @@ class SileroVad:
     def _gated(self, window: np.ndarray) -> np.ndarray:
         """The window's probability, from the model unless the stream has settled into quiet."""
         new = window[CONTEXT_SAMPLES:]
-        quiet = max(float(new.max()), -float(new.min())) < QUIET_PEAK
+        quiet = max(float(_peak_high(new)), -float(_peak_low(new))) < QUIET_PEAK
         if quiet and self._quiet_run >= QUIET_SETTLED:
             self.windows_skipped += 1
             return _SKIPPED
