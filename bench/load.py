@@ -1,7 +1,8 @@
 """Calls per core: N echoed calls against our server, a stock aiortc echo and Pipecat's SmallWebRTC echo.
 
 Each server runs pinned to core 0 (its whole process tree); the load generators (bench/load_client.py:
-pre-encoded Opus out, RTP timed but never decoded in) and this driver run on the other cores.
+aiortc sets each call up, then pre-encoded Opus goes out and RTP is timed as it comes in, by hand, never
+decoded) and this driver run on the other cores.
 Every server starts fresh for every run.
 
 Modes (what the callers send; every server echoes it):

@@ -1,8 +1,12 @@
-"""One load-generator process: many calls in one asyncio loop, cheap enough not to be what saturates.
+"""One load-generator process: many calls in one event loop (uvloop's where installed), cheap enough not
+to be what saturates.
 
-Each call is a real aiortc peer connection (ICE, DTLS, SRTP) whose outbound track hands the sender
-pre-encoded Opus packets (aiortc only packetizes them) and whose receiver is tapped before its jitter
-buffer and decoder: inbound RTP is timed and counted, never decoded.
+Each call is set up as a browser's would be, by an aiortc peer connection (offer/answer, ICE, DTLS, SRTP
+keys, a sendrecv audio transceiver); its media then bypass aiortc (bench/load_rtp.py): pre-encoded Opus
+packets are built and SRTP-protected by hand and sent for every call from one 20 ms clock, and inbound
+RTP is timed and counted from its clear header as it comes off the socket, never unprotected or decoded.
+aiortc still answers ICE consent checks and exchanges RTCP (the server's receiver reports give
+`inbound_lost`).
 
 Driven by bench/load.py over stdin/stdout, one JSON object per line:
   out {"type": "ready", "setup": [...], "failed": n}   all calls connected and hearing the server
@@ -17,50 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import time
 from array import array
 
 import aiohttp
-import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RtpPacket
 
-from bench.load_audio import FRAME, TIME_BASE, clip
+from bench.load_audio import clip
+from bench.load_rtp import FrameClock, IdleTrack, OutboundRtp, connected, tap_inbound_rtp
 
-FRAME_S = 0.02
 LATE_MS = 40.0  # beyond the 20 ms cadence
-
-
-class PacketTrack(MediaStreamTrack):
-    """Loops over ready Opus payloads, one every 20 ms on the loop's clock, from a random place."""
-
-    kind = "audio"
-
-    def __init__(self, packets: list[bytes]) -> None:
-        super().__init__()
-        self._packets = packets
-        self._next = random.randrange(len(packets))  # calls do not all speak in step
-        self._start: float | None = None
-        self.sent = 0
-
-    async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        delay = self._start + self.sent * FRAME_S - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        packet = av.Packet(self._packets[self._next])
-        packet.pts = self.sent * FRAME
-        packet.time_base = TIME_BASE
-        self._next = (self._next + 1) % len(self._packets)
-        self.sent += 1
-        return packet
 
 
 class Arrivals:
@@ -82,19 +53,19 @@ class Arrivals:
         self.max_seq = -1
         self.gaps_ms = array("f")
 
-    async def on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+    def on_rtp(self, sequence_number: int, payload_bytes: int) -> None:
         now = time.monotonic()
         if self.first_at is None:
             self.first_at = now
             self.got_first.set()
         if self._ext_seq < 0:
-            seq, delta = packet.sequence_number, 1
+            seq, delta = sequence_number, 1
         else:
-            delta = (packet.sequence_number - self._ext_seq + 0x8000) % 0x10000 - 0x8000
+            delta = (sequence_number - self._ext_seq + 0x8000) % 0x10000 - 0x8000
             seq = self._ext_seq + delta
         if self.recording:
             self.received += 1
-            self.payload_bytes += len(packet.payload)
+            self.payload_bytes += payload_bytes
             self.min_seq = seq if self.min_seq is None else min(self.min_seq, seq)
             self.max_seq = max(self.max_seq, seq)
             if delta > 0 and self._prev_at:
@@ -110,10 +81,12 @@ class Arrivals:
 
 
 class LoadCall:
-    def __init__(self, base_url: str, headers: dict[str, str], packets: list[bytes]) -> None:
+    def __init__(self, base_url: str, headers: dict[str, str], packets: list[bytes], clock: FrameClock) -> None:
         self.base_url = base_url
         self.headers = headers
-        self.track = PacketTrack(packets)
+        self.packets = packets
+        self.clock = clock
+        self.outbound: OutboundRtp | None = None
         self.arrivals = Arrivals()
         self.pc: RTCPeerConnection | None = None
         self.session_id = ""
@@ -128,10 +101,9 @@ class LoadCall:
             assert resp.status == 201, await resp.text()
             self.session_id = str((await resp.json())["session_id"])
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTrack(self.track)
-        # Replace (not wrap) the receiver's handler: nothing reaches its jitter buffer or decoder.
-        pc.getTransceivers()[0].receiver._handle_rtp_packet = self.arrivals.on_rtp  # type: ignore[method-assign]
+        pc.addTrack(IdleTrack())  # negotiates sendrecv audio; the media are sent by self.outbound
         await pc.setLocalDescription(await pc.createOffer())
+        tap_inbound_rtp(pc, self.arrivals.on_rtp)  # nothing reaches aiortc's SRTP, jitter buffer or decoder
         offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
         sent = time.monotonic()
         url = f"{self.base_url}/api/v1/sessions/{self.session_id}/offer"
@@ -140,9 +112,16 @@ class LoadCall:
             answer = await resp.json()
         self.offer_answer_ms = (time.monotonic() - sent) * 1000
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        await asyncio.wait_for(connected(pc), 20)
+        self.outbound = OutboundRtp(pc, self.packets)
+        self.clock.add(self.outbound)
         await asyncio.wait_for(self.arrivals.got_first.wait(), 20)
         assert self.arrivals.first_at is not None
         self.first_frame_ms = (self.arrivals.first_at - created) * 1000
+
+    @property
+    def sent(self) -> int:
+        return self.outbound.sent if self.outbound is not None else 0
 
     async def _inbound_lost(self) -> int:
         """Packets the server's receiver counted lost (its RTCP receiver reports, cumulative)."""
@@ -152,7 +131,7 @@ class LoadCall:
 
     async def start_window(self) -> None:
         self._lost_at_start = await self._inbound_lost()
-        self._sent_at_start = self.track.sent
+        self._sent_at_start = self.sent
         self.arrivals.reset()
         self.arrivals.recording = True
 
@@ -160,7 +139,7 @@ class LoadCall:
         self.arrivals.recording = False
         a = self.arrivals
         return {
-            "sent": self.track.sent - self._sent_at_start,
+            "sent": self.sent - self._sent_at_start,
             "inbound_lost": await self._inbound_lost() - self._lost_at_start,
             "received": a.received,
             "payload_bytes": a.payload_bytes,
@@ -170,6 +149,8 @@ class LoadCall:
         }
 
     async def hangup(self, http: aiohttp.ClientSession) -> None:
+        if self.outbound is not None:
+            self.clock.remove(self.outbound)  # before its sockets close
         try:
             url = f"{self.base_url}/api/v1/sessions/{self.session_id}"
             async with http.delete(url, headers=self.headers) as resp:
@@ -188,17 +169,20 @@ async def run(url: str, token: str, calls: int, mode: str, voice: bool) -> None:
     packets = clip(mode, voice=voice)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     loop = asyncio.get_running_loop()
+    clock = FrameClock()
     async with aiohttp.ClientSession() as http:
         live: list[LoadCall] = []
         failed = 0
         for _ in range(calls):  # one at a time: each set-up figure is one call's own
-            call = LoadCall(url, headers, packets)
+            call = LoadCall(url, headers, packets, clock)
             try:
                 await call.connect(http)
                 live.append(call)
             except Exception as exc:  # noqa: BLE001 - a failed call is reported, the others go on
                 failed += 1
                 print(f"load_client: call failed: {exc!r}", file=sys.stderr)
+                if call.outbound is not None:
+                    clock.remove(call.outbound)  # it would go on sending into a call nobody measures
         emit({"type": "ready", "failed": failed,
               "setup": [{"offer_answer_ms": c.offer_answer_ms, "first_frame_ms": c.first_frame_ms} for c in live]})  # fmt: skip
         started = time.monotonic()
@@ -223,7 +207,13 @@ def main() -> None:
     parser.add_argument("--mode", choices=("speaking", "listening"), default="speaking")
     parser.add_argument("--voice", action="store_true", help="speech the cloud fakes transcribe, with room for replies")
     args = parser.parse_args()
-    asyncio.run(run(args.url, args.token, args.calls, args.mode, args.voice))
+    main_coro = run(args.url, args.token, args.calls, args.mode, args.voice)
+    try:
+        import uvloop  # libuv's loop: less per datagram and per timer than asyncio's own
+    except ImportError:
+        asyncio.run(main_coro)
+    else:
+        uvloop.run(main_coro)
 
 
 if __name__ == "__main__":

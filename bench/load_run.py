@@ -21,7 +21,7 @@ from bench.load_servers import ROOT, SERVER_CORE, Server, load_cores
 
 IDLE_S = 3.0
 WARM_UP_S = 3.0
-CALLS_PER_GENERATOR = 12
+CALLS_PER_GENERATOR = 40  # the generators (bench/load_rtp.py) cost ~0.3% of a core per call
 MB = 1024 * 1024
 FOREIGN_LIMIT_PCT = 5.0
 
