@@ -82,6 +82,16 @@ class InboundResampler:
         self.output_samples += out.size - drained.size
         return out
 
+    def native(self, samples: np.ndarray) -> np.ndarray:
+        """Samples already mono int16 at `rate` (Opus decoded there): passed on as they are, counted."""
+        drained = _EMPTY
+        if self._source != self._passthrough:
+            drained = self.flush()
+            self._start_source(self._passthrough)
+        self._source_input += samples.size
+        self.output_samples += samples.size
+        return np.concatenate((drained, samples)) if drained.size else samples
+
     def flush(self) -> np.ndarray:
         """Drain the look-ahead tail (end of stream); the next frame starts a fresh converter."""
         if self._resampler is None:

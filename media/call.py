@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import av
+import numpy as np
 
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtp import RtpPacket
@@ -144,7 +145,7 @@ class Call:
         await self._pipeline.start()
         # No renegotiation: the offer's tracks are all the tracks this call will have.
         for decoder in self._decoders:
-            decoder.attach(self._on_audio_frame, self._pipeline.inbound_rate)
+            decoder.attach(self._on_audio_frame, self._pipeline.inbound_rate, self._on_audio_samples)
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             self._spawn(self._apply_candidate(candidate), "pending-candidate")
@@ -225,12 +226,25 @@ class Call:
         try:
             pipeline.on_audio_frame(frame)
         except Exception:
-            # One bad frame costs that frame only: the call keeps listening.
-            self.frames_failed += 1
-            now = asyncio.get_running_loop().time()
-            if now - self._frame_error_logged_at >= _FRAME_ERROR_LOG_INTERVAL_S:
-                self._frame_error_logged_at = now
-                log.warning("call %s: skipped an inbound frame (%d so far)", self.session_id, self.frames_failed, exc_info=True)
+            self._frame_failed()
+
+    def _on_audio_samples(self, samples: np.ndarray) -> None:
+        """The same, for Opus decoded straight to the pipeline's rate (no frame made)."""
+        pipeline = self._pipeline
+        if pipeline is None or self._closing is not None:
+            return
+        try:
+            pipeline.on_audio_samples(samples)
+        except Exception:
+            self._frame_failed()
+
+    def _frame_failed(self) -> None:
+        """One bad frame costs that frame only: the call keeps listening (logged at most so often)."""
+        self.frames_failed += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._frame_error_logged_at >= _FRAME_ERROR_LOG_INTERVAL_S:
+            self._frame_error_logged_at = now
+            log.warning("call %s: skipped an inbound frame (%d so far)", self.session_id, self.frames_failed, exc_info=True)
 
     def _on_connection_state(self) -> None:
         assert self._pc is not None

@@ -38,7 +38,10 @@ class LoopbackPipeline(CallPipeline):
         self._out = context.audio_out
 
     def on_audio_frame(self, frame: av.AudioFrame) -> None:
+        self.on_audio_samples(to_mono_48k(frame))
+
+    def on_audio_samples(self, samples: np.ndarray) -> None:
         # If the sender's clock runs a little fast, don't let the echo's delay grow without bound.
         if self._out.queued_samples > _MAX_QUEUED_SAMPLES:
             self._out.flush()
-        self._out.push(to_mono_48k(frame))
+        self._out.push(samples)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
+import numpy as np
 
 from media.conversation_log import LoggedMessage
 from media.events import EventBus
@@ -54,6 +55,13 @@ class CallPipeline(ABC):
     @abstractmethod
     def on_audio_frame(self, frame: av.AudioFrame) -> None:
         """Called for every decoded inbound frame; must return quickly."""
+
+    def on_audio_samples(self, samples: np.ndarray) -> None:
+        """Inbound audio decoded at `inbound_rate`, mono int16 (the pipeline's to keep): the usual way
+        in for Opus, which skips making a frame. By default it is made into one for on_audio_frame."""
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.inbound_rate or 48_000
+        self.on_audio_frame(frame)
 
     async def handle_text(self, text: str) -> str:
         """A typed user turn; returns the reply's text. Pipelines without an agent refuse."""

@@ -88,7 +88,13 @@ class VoicePipeline(CallPipeline):
     # -- inbound -----------------------------------------------------------------------------
 
     def on_audio_frame(self, frame: av.AudioFrame) -> None:
-        pcm = self._resampler.resample(frame)
+        self._on_pcm(self._resampler.resample(frame))
+
+    def on_audio_samples(self, samples: np.ndarray) -> None:
+        self._on_pcm(self._resampler.native(samples))
+
+    def _on_pcm(self, pcm: np.ndarray) -> None:
+        """16 kHz mono int16 of the caller: to the preroll, STT while a turn is on, and the VAD."""
         if not pcm.size:
             return
         self._preroll.push(pcm)

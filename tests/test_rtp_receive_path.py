@@ -197,6 +197,25 @@ async def test_frames_before_the_pipeline_attaches_are_kept_and_none_after_detac
     assert decoder.waiting == 0
 
 
+@pytest.mark.parametrize("rate", [16_000, 48_000])
+async def test_samples_handed_over_are_the_frames_audio(rate: int) -> None:
+    """A pipeline that takes arrays (on_samples) gets what the frame path carries, array for frame."""
+    packets = faulty(rtp_stream(opus_payloads(speech_with_pauses()), 1_000, 5_000))
+    framed, _ = await inline_decode(packets, rate)
+    receiver = new_receiver()
+    decoder = decode_inline(receiver)
+    arrays: list[np.ndarray] = []
+    decoder.attach(lambda frame: pytest.fail("a frame was made"), rate, arrays.append)
+    await receiver.receive(parameters())
+    for packet in packets:
+        await receiver._handle_rtp_packet(packet, arrival_time_ms=0)
+    await receiver.stop()
+    assert len(arrays) == len(framed) == decoder.frames > 0
+    assert all(a.dtype == np.int16 and a.ndim == 1 for a in arrays)
+    assert [a.tobytes() for a in arrays] == [f[5] for f in framed]
+    assert len({a.ctypes.data for a in arrays[-5:]}) == 5  # each its own, not the decoder's reused buffer
+
+
 def rate_of(frames: list[FrameKey]) -> int:
     return {f[2] for f in frames}.pop()
 
