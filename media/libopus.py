@@ -27,6 +27,7 @@ from media.opus_steady import SteadyDecodes
 
 RATES = (8_000, 12_000, 16_000, 24_000, 48_000)
 APPLICATION_VOIP = 2048
+APPLICATION_RESTRICTED_LOWDELAY = 2051  # CELT only: no SILK, 2.5 ms of look-ahead instead of 6.5
 _SET_BITRATE = 4002
 _SET_VBR = 4006
 _SET_COMPLEXITY = 4010

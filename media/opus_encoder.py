@@ -4,15 +4,21 @@ aiortc encodes each outbound frame in a worker thread: a thread hand-off, a futu
 wake-up every 20 ms per call, plus a pure-Python audio-level loop over the frame. Encoding right
 here and handing aiortc a ready packet (which it only packetizes) costs less than the hand-off alone.
 
-libopus is still the dearest thing a call does while the bot speaks. It runs at complexity 5 (what
-WebRTC itself uses on phones): for speech that costs ~40% less than libopus's default of 10, and it
-is called directly (media.libopus), without PyAV's frame and packet objects and FFmpeg's multistream
-wrapper around it (a PyAV encoder is the fallback where libopus cannot be loaded directly).
+libopus is still the dearest thing a call does while the bot speaks. It runs in Opus's restricted
+low-delay mode (CELT alone, fullband) at complexity 5 (what WebRTC itself uses on phones). For the
+bot's speech at 32 kb/s that costs ~55 us a frame where VoIP mode (SILK + CELT hybrid) cost ~145 (and
+~195 at libopus's default complexity of 10), delays the audio 2.5 ms instead of 6.5, and follows the
+voice more closely: the hybrid mode at this rate drops the band above 8 kHz by ~3 dB, CELT keeps every
+band within 0.2 dB (tests/test_opus_encoder.py). What it gives up is SILK's edge below ~24 kb/s, a
+rate we never send at. libopus is called directly (media.libopus), without PyAV's frame and packet
+objects and FFmpeg's multistream wrapper around it (a PyAV encoder is the fallback where libopus
+cannot be loaded directly).
 
 The bot is silent most of a call: once the encoder's output for digital silence has settled (its
-look-ahead holds nothing but zeros and it answers zeros with the same few packets in a fixed cycle,
-one packet at complexity 10, a cycle of 4 or 12 at 5), further silent frames get that cycle's
-packets without running libopus at all. A frame within +-NEAR_SILENCE of zero (-84 dBFS, under any
+look-ahead holds nothing but zeros and it answers zeros with the same few packets in a fixed cycle:
+one packet in the low-delay mode; 1, 4 or 12 in VoIP mode), further silent frames get that cycle's
+packets without running libopus at all. (CELT's memory of band energies would still drift a little
+through the pause: the words after it come out within 0.5 dB of an encoder that saw every zero.) A frame within +-NEAR_SILENCE of zero (-84 dBFS, under any
 playback's noise floor: decoded Opus silence, the last bits of a fade) counts as digital silence:
 the loopback echo of a muted microphone is such ones and twos, never quite zeros.
 """
@@ -32,10 +38,12 @@ TIME_BASE = fractions.Fraction(1, _RATE)
 # Speech, mono: 32 kb/s is transparent for a voice; stereo at 96 kb/s (aiortc's default) is not needed.
 _BIT_RATE = 32_000
 COMPLEXITY = 5
+APPLICATION = libopus.APPLICATION_RESTRICTED_LOWDELAY
+LOOKAHEAD_SAMPLES = 120  # what the decoded audio lags the input by, in this mode (2.5 ms)
 # A cycle of packets for digital silence must have come round this many times in a row before it is
-# reused: by then the look-ahead (6.5 ms) has long been flushed, so no tail of the speech before is cut.
+# reused: by then the look-ahead (2.5 ms) has long been flushed, so no tail of the speech before is cut.
 SILENCE_SETTLED = 3
-# The longest cycle looked for (libopus's cycles for silence are 1, 3, 4 or 12 packets long).
+# The longest cycle looked for (libopus's cycles for silence are 1 packet long in low-delay mode; 1, 3, 4 or 12 in VoIP).
 MAX_SILENCE_CYCLE = 12
 # The largest sample magnitude of a frame sent as digital silence. More (4) already changes how the
 # speech around a word gap encodes (the encoder re-settles after each zeroed gap).
@@ -50,7 +58,7 @@ class InlineOpusEncoder:
         self._libopus: libopus.OpusEncoder | None = None
         self._codec: av.AudioCodecContext | None = None
         if use_libopus and libopus.encoder_available():
-            self._libopus = libopus.OpusEncoder(_RATE, 1, bitrate=_BIT_RATE, complexity=complexity)
+            self._libopus = libopus.OpusEncoder(_RATE, 1, bitrate=_BIT_RATE, complexity=complexity, application=APPLICATION)
         else:
             self._codec = _pyav_encoder(complexity)
         self._pts = 0  # the PyAV encoder's own input clock (it needs increasing pts)
@@ -136,7 +144,7 @@ def _pyav_encoder(complexity: int) -> av.AudioCodecContext:
     codec.layout = "mono"
     codec.sample_rate = _RATE
     codec.time_base = TIME_BASE
-    codec.options = {"application": "voip", "compression_level": str(complexity)}
+    codec.options = {"application": "lowdelay", "compression_level": str(complexity)}
     # libopus encodes on the caller's thread. PyAV's default asks FFmpeg for one thread per CPU
     # (thread_count 0) from codecs that can thread: say 1, so no build ever gives each call's
     # encoder a pool of its own.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from media.opus_encoder import InlineOpusEncoder
+from media.opus_encoder import LOOKAHEAD_SAMPLES, InlineOpusEncoder
 
 
 def test_packets_carry_our_timestamps_and_decode_to_the_tone() -> None:
@@ -47,7 +47,8 @@ def _frame_levels(samples: np.ndarray) -> np.ndarray:
     return 10 * np.log10((blocks**2).mean(axis=1) + 1)
 
 
-def test_speech_at_the_lower_complexity_sounds_as_it_did_at_libopus_default() -> None:
+def test_speech_sounds_at_least_as_it_did_at_libopus_defaults() -> None:
+    """Ours (CELT alone, complexity 5) against the encoder as it was (PyAV's, VoIP hybrid, complexity 10)."""
     from tests.speech import utterance
 
     source = np.concatenate([utterance("The weather is fine today, and tomorrow it will rain a little."), utterance("Would you like to hear more?")])
@@ -55,13 +56,17 @@ def test_speech_at_the_lower_complexity_sounds_as_it_did_at_libopus_default() ->
     chunks = source.reshape(-1, 960)
     ours = InlineOpusEncoder()
     before = InlineOpusEncoder(10, use_libopus=False)  # the encoder as it was: PyAV's, complexity 10
-    now = _decode([ours.encode_payload(c) for c in chunks])[312:].astype(np.float64)  # libopus's look-ahead
-    then = _decode([before.encode_payload(c) for c in chunks])[312:].astype(np.float64)
+    now = _decode([ours.encode_payload(c) for c in chunks])[LOOKAHEAD_SAMPLES:].astype(np.float64)
+    then = _decode([before.encode_payload(c) for c in chunks])[312:].astype(np.float64)  # VoIP mode's look-ahead
+    then = then[: now.size]
     reference = source[: now.size].astype(np.float64)
-    # Level by band, against the source, as close as before (within 0.5 dB).
+    # Level by band, against the source: within 0.5 dB everywhere, and as close as before.
+    assert np.all(np.abs(_band_levels(now) - _band_levels(reference)) < 0.5)
     assert np.all(np.abs(_band_levels(now) - _band_levels(reference)) < np.abs(_band_levels(then) - _band_levels(reference)) + 0.5)
-    # Frame by frame, the loudness follows the source as it did.
+    # Frame by frame, the loudness of every audible frame (above 30 dB) follows the source, at least as
+    # closely as it did (the frames below it, the near-silence between words, are a few dB off either way).
     level_now, level_then, level_source = _frame_levels(now), _frame_levels(then), _frame_levels(reference)
-    assert np.corrcoef(level_now, level_source)[0, 1] > 0.999
-    voiced = level_source > 50
-    assert np.abs(level_now - level_source)[voiced].mean() < np.abs(level_then - level_source)[voiced].mean() + 0.2
+    audible = level_source > 30
+    assert np.corrcoef(level_now[audible], level_source[audible])[0, 1] > 0.999
+    error_now, error_then = np.abs(level_now - level_source)[audible], np.abs(level_then - level_source)[audible]
+    assert error_now.mean() < error_then.mean() + 0.2
