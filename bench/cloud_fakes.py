@@ -29,15 +29,19 @@ def marked(speech: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def cloud_fakes(*, enabled: bool = True) -> Iterator[dict[str, str]]:
-    """Yields the server's environment for the cloud engines (empty when not enabled)."""
+def cloud_fakes(*, enabled: bool = True, reply_seconds_per_char: float | None = None) -> Iterator[dict[str, str]]:
+    """Yields the server's environment for the cloud engines (empty when not enabled).
+
+    reply_seconds_per_char: how long the TTS fake speaks per character of text (its own default if None).
+    """
     if not enabled:
         yield {}
         return
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="cloud-fakes", daemon=True)
     thread.start()
-    speech, tts, vertex = FakeSpeech(), FakeTextToSpeech(), VertexFake(event_delay=0.0)
+    tts = FakeTextToSpeech() if reply_seconds_per_char is None else FakeTextToSpeech(seconds_per_char=reply_seconds_per_char)
+    speech, vertex = FakeSpeech(), VertexFake(event_delay=0.0)
 
     def run(coro):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)

@@ -12,13 +12,16 @@ A late frame is a server frame that arrived more than 40 ms after the 20 ms cade
 the previous frame's arrival (frames lost in between are counted as lost, not late).
 
 --pipeline voice: our server's voice loop instead (PIPELINE=voice, Google STT/TTS and Vertex pointed at the
-local fakes of bench/cloud_fakes.py); speaking then sends speech with the fakes' marker tones and 3 s of
-silence after it, so each pass is a turn the bot answers (its speech CPU is the fakes', not a model's).
+local fakes of bench/cloud_fakes.py; the bot's speech costs this process its encoding, not a model's CPU):
+  speaking   the bot speaks: each caller asks a short question and is quiet while the bot answers (~7 s)
+  listening  the bot listens: each caller talks all the time (a turn its pauses end gets an answer, cut short)
+  muted      callers' microphones are muted (digital silence); the bot has nothing to do
+(bench/load_audio.py has the audio of each.)
 Each run waits (2 min at most) for a machine with nothing else running; one where other work still took
 more than 5% of a core beside ours is run again (once), and marked CONTENDED if it still was.
 
 Usage: python bench/load.py [--calls 10] [--seconds 20] [--servers ours,aiortc,pipecat] [--pipeline loopback]
-                            [--modes speaking,listening] [--sweep] [--sweep-seconds 15]
+                            [--modes speaking,listening[,muted]] [--sweep] [--sweep-seconds 15]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.load_audio import MODES
 from bench.load_run import Figures, measure
 from bench.load_servers import SERVERS, load_cores, skip_reason, started
 
@@ -42,7 +46,7 @@ CONTENDED_RETRIES = 1
 CONTENDED_WAIT_S = 20.0
 QUIET_PCT = 8.0  # all cores together, before a run starts
 QUIET_WAIT_S = 120.0
-MODES = ("speaking", "listening")
+ECHO_MODES = ("speaking", "listening")  # muted is listening's audio, for an echo
 
 
 def run_once(server: str, calls: int, seconds: float, mode: str, pipeline: str) -> Figures:
@@ -94,7 +98,7 @@ def report(results: list[Figures]) -> None:
             + (f"  ({f.failed} calls failed)" if f.failed else "")
             + ("  CONTENDED: other work on the machine" if f.contended else "")
         )
-    for mode in MODES:
+    for mode in dict.fromkeys(f.mode for f in results):
         ours = next((f for f in results if f.server == "ours" and f.mode == mode), None)
         for other in (f for f in results if f.server != "ours" and f.mode == mode):
             if ours is None:
@@ -140,7 +144,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--servers", default=",".join(SERVERS))
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default="", help="default: speaking,listening (and muted with --pipeline voice)")
     parser.add_argument("--pipeline", choices=("loopback", "voice"), default="loopback",
                         help="our server's PIPELINE; voice runs the cloud engines on local fakes (ours only)")
     parser.add_argument("--sweep", action="store_true", help="also find the most calls one core holds (our server)")
@@ -148,7 +152,9 @@ def main() -> None:
     parser.add_argument("--sweep-seconds", type=float, default=15)
     parser.add_argument("--sweep-start", type=int, default=0, help="first count tried (default: from the fixed run)")
     args = parser.parse_args()
-    modes = [m for m in args.modes.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m] or list(MODES if args.pipeline == "voice" else ECHO_MODES)
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"unknown modes {sorted(unknown)} (know {', '.join(MODES)})")
     servers = []
     for name in (s for s in args.servers.split(",") if s):
         if name not in SERVERS:

@@ -1,7 +1,14 @@
 """The load's microphone audio, encoded to Opus once, so a load generator never encodes during a run.
 
-Speaking: a few sentences of espeak-ng speech (real pauses between words and sentences).
-Listening: digital silence, still one Opus packet every 20 ms (no DTX), as a muted browser microphone sends.
+Echo pipelines (what the server sends back is what it heard):
+  speaking   a few sentences of espeak-ng speech (real pauses between words and sentences)
+  listening  digital silence, one Opus packet every 20 ms (no DTX), as a muted browser microphone sends
+The voice pipeline (the speech carries the marker tones the cloud speech fake hears as words):
+  speaking   the bot speaks: a short question, then the caller is quiet for QUIET_AFTER_QUESTION_S
+             while the bot answers (the bench's TTS fake makes a reply last about that long)
+  listening  the bot listens: the sentences, looped without a gap, so the caller talks all the time
+             (a pause between sentences that ends a turn gets an answer, cut short as speech resumes)
+  muted      the caller's microphone is muted: digital silence, and the bot has nothing to answer
 """
 
 from __future__ import annotations
@@ -57,18 +64,22 @@ def opus_packets(samples: np.ndarray) -> list[bytes]:
     return packets
 
 
+QUESTION_S = 1.6
+QUIET_AFTER_QUESTION_S = 8.0
+MODES = ("speaking", "listening", "muted")
+
+
 def clip(mode: str, *, voice: bool = False) -> list[bytes]:
-    """The packets a call loops over: `speaking` (speech with its pauses) or `listening` (silence).
-
-    voice: speech for the voice pipeline on the cloud fakes: with the marker tones the speech fake hears
-    as words, and 3 s of silence after it, so every pass is a turn the bot answers while the caller waits.
-    """
-    if mode == "speaking" and voice:
-        from bench.cloud_fakes import marked  # the fakes' packages, only when asked for
-
-        return opus_packets(np.concatenate([marked(speech_samples()), np.zeros(RATE * 3, np.int16)]))
-    if mode == "speaking":
-        return opus_packets(speech_samples())
-    if mode == "listening":
+    """The packets a call loops over, for `mode` (see the module's docstring)."""
+    if mode == "muted" or (mode == "listening" and not voice):
         return opus_packets(np.zeros(RATE * 2, np.int16))
+    if mode == "speaking" and not voice:
+        return opus_packets(speech_samples())
+    from bench.cloud_fakes import marked  # the fakes' packages, only when asked for
+
+    if mode == "speaking":
+        question = marked(speech_samples()[: int(RATE * QUESTION_S)])
+        return opus_packets(np.concatenate([question, np.zeros(int(RATE * QUIET_AFTER_QUESTION_S), np.int16)]))
+    if mode == "listening":
+        return opus_packets(marked(speech_samples()))
     raise ValueError(f"unknown mode {mode!r}")

@@ -28,7 +28,7 @@ from array import array
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from bench.load_audio import clip
+from bench.load_audio import MODES, clip
 from bench.load_rtp import FrameClock, IdleTrack, OutboundRtp, connected, tap_inbound_rtp
 
 LATE_MS = 40.0  # beyond the 20 ms cadence
@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--token", default="")
     parser.add_argument("--calls", type=int, required=True)
-    parser.add_argument("--mode", choices=("speaking", "listening"), default="speaking")
+    parser.add_argument("--mode", choices=MODES, default="speaking")
     parser.add_argument("--voice", action="store_true", help="speech the cloud fakes transcribe, with room for replies")
     args = parser.parse_args()
     main_coro = run(args.url, args.token, args.calls, args.mode, args.voice)

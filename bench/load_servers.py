@@ -104,7 +104,9 @@ def started(name: str, pipeline: str = "loopback") -> Iterator[Server]:
             # grpc and Google's packages, imported only when asked for
             from bench.cloud_fakes import cloud_fakes
 
-            env = stack.enter_context(cloud_fakes())  # before pinning: its thread stays on the load cores
+            # The agent fake echoes what it heard ("You said: kilo lima"): spoken at 0.35 s a character,
+            # about 7 s of answer to each question of bench/load_audio.py's speaking mode.
+            env = stack.enter_context(cloud_fakes(reply_seconds_per_char=0.35))  # before pinning: its thread stays on the load cores
         os.sched_setaffinity(0, {SERVER_CORE})
         try:
             if name == "ours":
