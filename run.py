@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -62,6 +63,11 @@ async def serve(settings: Settings) -> None:
     site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, settings.host, settings.port)
     try:
         await site.start()
+        # Everything made so far (modules, engines' clients and models) lives as long as the process: out
+        # of the collector's sight, a full collection walks only what calls made (50-100 ms less each, at
+        # 90 calls, and every call's frames wait for it).
+        gc.collect()
+        gc.freeze()
         print(f"Serving on http://{settings.host}:{settings.port}", flush=True)
         await drain.started.wait()
         calls = app[keys.CALLS]
