@@ -12,9 +12,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import av
-import numpy as np
-
 from aiortc import RTCConfiguration, RTCIceCandidate, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtp import RtpPacket
 
@@ -25,6 +22,7 @@ from media.call_limits import CallLimits
 from media.call_state import CallState, checked_transition, is_live
 from media.call_usage import CallUsage, MeterSample
 from media.call_watchdog import watch_call
+from media.inbound_audio import InboundAudio
 from media.outbound_audio import PacedAudioTrack
 from media.pipeline import CallPipeline, ChatTurn, PipelineContext, PipelineFactory
 from media.audio_jitter import use_prompt_jitter_buffer
@@ -49,10 +47,6 @@ OnCallEvent = Callable[["Call", str], Awaitable[None]]
 
 _OPUS = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
 _VP8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
-
-# Inbound frames that fail to process are logged at most this often per call.
-_FRAME_ERROR_LOG_INTERVAL_S = 10.0
-
 
 class Call:
     def __init__(
@@ -79,7 +73,7 @@ class Call:
         self.usage = CallUsage(self.audio_out)
         self.avatar: AvatarVideoTrack | None = None
         self.avatar_relay: AvatarRelay | None = None  # set while a LiveAvatar speaks for the call
-        self.frames_failed = 0
+        self._inbound: InboundAudio | None = None
         self._ice_servers = ice_servers
         self._pipeline_factory = pipeline_factory
         self._avatar_factory = avatar_factory
@@ -92,7 +86,6 @@ class Call:
         self._accepted = False
         self._last_media_at = 0.0
         self._loop_time: Callable[[], float] | None = None  # the loop's clock, kept: asking for the loop per packet costs a getpid()
-        self._frame_error_logged_at = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
         self._critical: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
@@ -144,8 +137,9 @@ class Call:
         self._pipeline = self._pipeline_factory(PipelineContext(self.session_id, self.user_id, self.events, self.audio_out, self.speech))
         await self._pipeline.start()
         # No renegotiation: the offer's tracks are all the tracks this call will have.
+        inbound = self._inbound = InboundAudio(self.session_id, self._pipeline, lambda: self._closing is not None)
         for decoder in self._decoders:
-            decoder.attach(self._on_audio_frame, self._pipeline.inbound_rate, self._on_audio_samples)
+            decoder.attach(inbound.on_frame, self._pipeline.inbound_rate, inbound.on_samples)
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             self._spawn(self._apply_candidate(candidate), "pending-candidate")
@@ -217,34 +211,6 @@ class Call:
     def _on_inbound_rtp(self, packet: RtpPacket) -> None:
         self._last_media_at = self._loop_time() if self._loop_time is not None else asyncio.get_running_loop().time()
         self.usage.on_inbound_audio_packet(packet)
-
-    def _on_audio_frame(self, frame: av.AudioFrame) -> None:
-        """Every decoded inbound frame, as its packet arrives (media.rtp_receive_path)."""
-        pipeline = self._pipeline
-        if pipeline is None or self._closing is not None:
-            return
-        try:
-            pipeline.on_audio_frame(frame)
-        except Exception:
-            self._frame_failed()
-
-    def _on_audio_samples(self, samples: np.ndarray) -> None:
-        """The same, for Opus decoded straight to the pipeline's rate (no frame made)."""
-        pipeline = self._pipeline
-        if pipeline is None or self._closing is not None:
-            return
-        try:
-            pipeline.on_audio_samples(samples)
-        except Exception:
-            self._frame_failed()
-
-    def _frame_failed(self) -> None:
-        """One bad frame costs that frame only: the call keeps listening (logged at most so often)."""
-        self.frames_failed += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._frame_error_logged_at >= _FRAME_ERROR_LOG_INTERVAL_S:
-            self._frame_error_logged_at = now
-            log.warning("call %s: skipped an inbound frame (%d so far)", self.session_id, self.frames_failed, exc_info=True)
 
     def _on_connection_state(self) -> None:
         assert self._pc is not None
@@ -351,6 +317,11 @@ class Call:
     def had_media(self) -> bool:
         """Whether an offer was ever accepted (so there is usage to record)."""
         return self._accepted
+
+    @property
+    def frames_failed(self) -> int:
+        """Inbound frames the pipeline failed on (each skipped; the call went on)."""
+        return self._inbound.frames_failed if self._inbound is not None else 0
 
     @property
     def live_tasks(self) -> int:

@@ -53,7 +53,9 @@ def opus_bytes(samples: np.ndarray, container: str) -> bytes:
 
 
 def words_of(text: str) -> set[str]:
-    return {w.strip(".,!?").lower() for w in text.split()}
+    """The words heard, lower case; a contraction counts as its first word ("weather's": "weather")."""
+    words = {w.strip(".,!?").lower() for w in text.split()}
+    return {w.split("'")[0] for w in words} | words
 
 
 async def error_code(resp: aiohttp.ClientResponse) -> str:
