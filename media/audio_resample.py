@@ -66,16 +66,15 @@ class InboundResampler:
     def resample(self, frame: av.AudioFrame) -> np.ndarray:
         """One decoded frame in, whatever 16 kHz mono int16 samples are ready out."""
         source = (frame.sample_rate, frame.format.name, frame.layout.name)
+        if source == self._passthrough:  # already as wanted
+            return self.native(_samples_of(frame))
         if source != self._source:
             drained = self.flush()
             self._start_source(source)
         else:
             drained = _EMPTY
         self._source_input += frame.samples
-        if self._resampler is None:  # already as wanted
-            out = _samples_of(frame)
-            self.output_samples += out.size
-            return np.concatenate((drained, out)) if drained.size else out
+        assert self._resampler is not None
         out = _pcm(self._resampler.convert(frame))
         if drained.size:
             out = np.concatenate((drained, out))
