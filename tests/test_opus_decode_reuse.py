@@ -6,33 +6,18 @@ packet gives, through silence, the speech after it, and back, at the rates a cal
 
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
 
 from media import libopus
 from media.opus_steady import SteadyDecodes
 from tests.speech import utterance
-
-FRAME = 960  # 20 ms at 48 kHz
+from tests.test_rtp_receive_path import opus_payloads
 
 
 @pytest.fixture(autouse=True)
 def _libopus_present() -> None:
     assert libopus.available(), libopus.unavailable_reason()
-
-
-def browser_packets(samples: np.ndarray) -> list[bytes]:
-    """48 kHz mono speech and silence as a browser sends it: FFmpeg's libopus, VoIP, 32 kb/s, no DTX."""
-    codec = av.CodecContext.create("libopus", "w")
-    codec.bit_rate, codec.format, codec.layout, codec.sample_rate = 32_000, "s16", "mono", 48_000
-    codec.options = {"application": "voip"}
-    packets: list[bytes] = []
-    for index, chunk in enumerate(samples[: samples.size // FRAME * FRAME].reshape(-1, FRAME)):
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 48_000, index * FRAME
-        packets.extend(bytes(p) for p in codec.encode(frame))
-    return packets
 
 
 def speech_48k() -> np.ndarray:
@@ -45,9 +30,9 @@ def test_reused_frames_are_exactly_what_decoding_gives(rate: int) -> None:
     so the decoder moves between states), then speech, silence and speech again: every frame as libopus
     decodes it. (After speech libopus's background estimate keeps drifting for many seconds, so the
     silence there is decoded: nothing is reused until it settles.)"""
-    muted = browser_packets(np.zeros(48_000 * 2, np.int16))
-    speech = browser_packets(speech_48k())
-    packets = muted * 3 + speech + browser_packets(np.zeros(48_000, np.int16)) + speech
+    muted = opus_payloads(np.zeros(48_000 * 2, np.int16))
+    speech = opus_payloads(speech_48k())
+    packets = muted * 3 + speech + opus_payloads(np.zeros(48_000, np.int16)) + speech
     reusing, decoding = libopus.OpusDecoder(rate), libopus.OpusDecoder(rate, reuse_steady=False)
     for index, packet in enumerate(packets):
         ours = reusing.decode(packet).copy()
@@ -58,7 +43,7 @@ def test_reused_frames_are_exactly_what_decoding_gives(rate: int) -> None:
 
 
 def test_packets_that_alternate_are_all_decoded() -> None:
-    speech = browser_packets(speech_48k())
+    speech = opus_payloads(speech_48k())
     a, b = speech[10], speech[11]
     reusing, decoding = libopus.OpusDecoder(16_000), libopus.OpusDecoder(16_000, reuse_steady=False)
     for packet in [a, b] * 20:
@@ -67,7 +52,7 @@ def test_packets_that_alternate_are_all_decoded() -> None:
 
 
 def test_the_returned_samples_may_be_changed_without_changing_the_next() -> None:
-    packets = browser_packets(np.zeros(48_000 * 2, np.int16))
+    packets = opus_payloads(np.zeros(48_000 * 2, np.int16))
     decoder = libopus.OpusDecoder(16_000)
     for packet in packets:
         decoder.decode(packet)
