@@ -29,8 +29,9 @@ from aiortc import RTCPeerConnection
 from aiortc.clock import current_ntp_time
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from bench.load_audio import FRAME  # samples in 20 ms on Opus's 48 kHz RTP clock
+
 FRAME_S = 0.02
-FRAME_SAMPLES = 960  # Opus's 48 kHz RTP clock, 20 ms
 _HEADER = struct.Struct("!BBHLL")  # V=2 P=0 X=0 CC=0 | M PT | sequence | timestamp | SSRC
 _RTP_VERSION_2 = 0x80
 _MARKER = 0x80
@@ -109,7 +110,7 @@ class OutboundRtp:
         self._second_byte = self._payload_type
         self._next = (self._next + 1) % len(self._packets)
         self._sequence = (self._sequence + 1) & 0xFFFF
-        self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        self._timestamp = (self._timestamp + FRAME) & 0xFFFFFFFF
         self.sent += 1
         self._octets += len(payload)
         # What aiortc's loop keeps for its RTCP sender reports, so they describe this stream.

@@ -9,7 +9,7 @@ low-delay mode (CELT alone, fullband) at complexity 5 (what WebRTC itself uses o
 bot's speech at 32 kb/s that costs ~55 us a frame where VoIP mode (SILK + CELT hybrid) cost ~145 (and
 ~195 at libopus's default complexity of 10), delays the audio 2.5 ms instead of 6.5, and follows the
 voice more closely: the hybrid mode at this rate drops the band above 8 kHz by ~3 dB, CELT keeps every
-band within 0.2 dB (tests/test_opus_encoder.py). What it gives up is SILK's edge below ~24 kb/s, a
+band within 0.5 dB (0.2 measured; tests/test_opus_encoder.py). What it gives up is SILK's edge below ~24 kb/s, a
 rate we never send at. libopus is called directly (media.libopus), without PyAV's frame and packet
 objects and FFmpeg's multistream wrapper around it (a PyAV encoder is the fallback where libopus
 cannot be loaded directly).
@@ -18,9 +18,10 @@ The bot is silent most of a call: once the encoder's output for digital silence 
 look-ahead holds nothing but zeros and it answers zeros with the same few packets in a fixed cycle:
 one packet in the low-delay mode; 1, 4 or 12 in VoIP mode), further silent frames get that cycle's
 packets without running libopus at all. (CELT's memory of band energies would still drift a little
-through the pause: the words after it come out within 0.5 dB of an encoder that saw every zero.) A frame within +-NEAR_SILENCE of zero (-84 dBFS, under any
-playback's noise floor: decoded Opus silence, the last bits of a fade) counts as digital silence:
-the loopback echo of a muted microphone is such ones and twos, never quite zeros.
+through the pause: the words after it come out within 0.5 dB of an encoder that saw every zero.)
+A frame within +-NEAR_SILENCE of zero (-84 dBFS, under any playback's noise floor: decoded Opus
+silence, the last bits of a fade) counts as digital silence: the loopback echo of a muted microphone
+is such ones and twos, never quite zeros.
 """
 
 from __future__ import annotations
