@@ -237,6 +237,7 @@ async def test_reset_forgets_the_turn_and_closed_sessions_refuse(voices: Voices)
 
 async def test_event_loop_keeps_ticking_during_transcription(voices: Voices) -> None:
     gaps: list[float] = []
+    tick_times: list[float] = []
     running = True
 
     async def ticker() -> None:
@@ -245,19 +246,20 @@ async def test_event_loop_keeps_ticking_during_transcription(voices: Voices) -> 
             await asyncio.sleep(0.01)
             now = time.perf_counter()
             gaps.append(now - last)
+            tick_times.append(now)
             last = now
 
     ticks = asyncio.create_task(ticker())
     await asyncio.sleep(0.05)
     started = time.perf_counter()
     texts = await asyncio.gather(*(voices.stt.transcribe(voices.long) for _ in range(3)))
-    elapsed = time.perf_counter() - started
+    finished = time.perf_counter()
     running = False
     await ticks
 
     assert all(share_of_words_heard(LONG_TEXT, text) >= 0.8 for text in texts)
-    assert elapsed > 0.3  # the passes really ran (and queued on the one worker)
-    assert len(gaps) > 10
+    # The loop kept running while the passes did: it ticked inside their window, not only after.
+    assert sum(1 for at in tick_times if started < at < finished) >= 5
     # A pass run on the loop would stall it for a whole pass (0.3 s or more) three times over.
     # One short hiccup is tolerated: on a shared 2-core machine the OS scheduler causes those.
     stalls = [round(gap * 1000) for gap in gaps if gap > 0.05]
