@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from agent_bridge.config import EngineConfig
 from agent_bridge.registry import AvatarEngines, Engines, build_avatar, build_engines
-from media import vad
+from media import vad_batch
 from media.agent_sessions import AgentSessionStore
 from media.avatar_track import AvatarVideoTrack
 from media.conversation_log import MessageStore
@@ -58,7 +58,7 @@ async def start_pipelines(
 
         engines = build_engines(engine_config)
         # Models load before the first call, not during it.
-        await asyncio.gather(engines.warm_up(), asyncio.to_thread(vad.load_session))
+        await asyncio.gather(engines.warm_up(), asyncio.to_thread(vad_batch.stream_session))
         factory = functools.partial(
             VoicePipeline, engines=engines, turn_config=turn_config, agent_store=agent_store, message_store=message_store,
             voice_store=voice_store,

@@ -28,7 +28,8 @@ from media.turn_completion import looks_unfinished
 from media.turn_detector import TurnConfig, TurnDetector, TurnEvent, TurnEventType
 from media.turn_metrics import TurnTimer
 from media.utterance_join import UtteranceJoin
-from media.vad import WINDOW_MS, SileroVad
+from media.vad import WINDOW_MS, WINDOW_SAMPLES
+from media.vad_batch import BatchedVad
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class VoicePipeline(CallPipeline):
         self._voice_store = voice_store  # the session's chosen TTS voice, read at call start
         self._speech = context.speech_out
         self._resampler = InboundResampler(VAD_RATE)
-        self._vad = SileroVad(skip_quiet=True)  # a quiet line costs no model runs
+        # Run with every other call's windows (media.vad_batch); a quiet line costs no model runs.
+        self._vad = BatchedVad(self._on_window, skip_quiet=True)
         self._echo = EchoGate()
         context.audio_out.sent_listeners.append(self._echo.on_sent)
         self._turns = TurnDetector(turn_config)
@@ -103,16 +105,16 @@ class VoicePipeline(CallPipeline):
                 self._held.append(pcm.tobytes())
             else:
                 self._push_stt(pcm.tobytes())
-        probabilities = self._vad.process(pcm)
-        if not probabilities.size:
-            return
-        if self._echo.is_echo(pcm):
-            probabilities = np.zeros_like(probabilities)  # the bot's own voice: never a turn of the user's
-        first_window = self._vad.windows - probabilities.size
-        for offset, probability in enumerate(probabilities):
-            window_end_ms = (first_window + offset + 1) * WINDOW_MS
-            for event in self._turns.push_probability(float(probability), WINDOW_MS, window_end_ms):
-                self._on_turn_event(event)
+        # Echo is judged on the chunk that completes a window, against what was just sent.
+        completes = self._vad.pending_samples + pcm.size >= WINDOW_SAMPLES
+        self._vad.push(pcm, completes and self._echo.is_echo(pcm))
+
+    def _on_window(self, index: int, probability: float, echo: bool) -> None:
+        """One VAD window's probability, as the batch gives it back (at most ~20 ms after it was heard)."""
+        if echo:
+            probability = 0.0  # the bot's own voice: never a turn of the user's
+        for event in self._turns.push_probability(probability, WINDOW_MS, (index + 1) * WINDOW_MS):
+            self._on_turn_event(event)
 
     def _on_turn_event(self, event: TurnEvent) -> None:
         if event.type is TurnEventType.SPEECH_STARTED:
@@ -315,6 +317,7 @@ class VoicePipeline(CallPipeline):
             self._publish_error("agent_failed", exc)
 
     async def stop(self) -> None:
+        self._vad.close()
         self._drop_ahead()
         if self._echo.on_sent in self._ctx.audio_out.sent_listeners:
             self._ctx.audio_out.sent_listeners.remove(self._echo.on_sent)

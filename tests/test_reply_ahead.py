@@ -116,7 +116,7 @@ class Rig:
         self.pipeline = VoicePipeline(
             PipelineContext("s-1", "u-1", self.events, self.track), Engines(stt=self.stt, agent=self.agent, tts=self.tts), config
         )
-        self.pipeline._vad = LoudnessVad()  # type: ignore[assignment]
+        self.pipeline._vad = LoudnessVad(self.pipeline._on_window)  # type: ignore[assignment]
 
     async def feed(self, mono: np.ndarray) -> None:
         """Frames at ten times real time, the loop running between them (drafts, passes)."""

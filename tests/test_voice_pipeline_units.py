@@ -81,19 +81,28 @@ class GatedTextToSpeech(TextToSpeech):
 
 
 class LoudnessVad:
-    """Stands in for Silero: a window is speech when it is loud."""
+    """Stands in for Silero (media.vad_batch.BatchedVad): a window is speech when it is loud; told at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_window: Callable[[int, float, bool], None]) -> None:
         self.windows = 0
+        self._on_window = on_window
         self._pending = np.zeros(0, np.int16)
 
-    def process(self, pcm: np.ndarray) -> np.ndarray:
+    @property
+    def pending_samples(self) -> int:
+        return self._pending.size
+
+    def push(self, pcm: np.ndarray, tag: bool = False) -> None:
         data = np.concatenate((self._pending, pcm))
         count = data.size // WINDOW_SAMPLES
         self._pending = data[count * WINDOW_SAMPLES :]
-        self.windows += count
         windows = data[: count * WINDOW_SAMPLES].reshape(count, WINDOW_SAMPLES).astype(np.float64)
-        return np.where(np.sqrt((windows**2).mean(axis=1)) > 500, 0.9, 0.05).astype(np.float32)
+        for loud in np.sqrt((windows**2).mean(axis=1)) > 500:
+            self.windows += 1
+            self._on_window(self.windows - 1, float(np.float32(0.9 if loud else 0.05)), tag)
+
+    def close(self) -> None:
+        pass
 
 
 Made = tuple[VoicePipeline, RecordingSpeechToText, list[dict[str, object]]]
@@ -106,7 +115,7 @@ def make_pipeline(tts: TextToSpeech, config: TurnConfig | None = None) -> Made:
     stt = RecordingSpeechToText()
     engines = Engines(stt=stt, agent=LocalAgent(), tts=tts)
     pipeline = VoicePipeline(PipelineContext("s-1", "u-1", events, PacedAudioTrack()), engines, config or TurnConfig())
-    pipeline._vad = LoudnessVad()  # type: ignore[assignment]
+    pipeline._vad = LoudnessVad(pipeline._on_window)  # type: ignore[assignment]
     return pipeline, stt, seen
 
 

@@ -1,0 +1,226 @@
+"""Silero for every call at once: one model run for the windows all streams completed in the last 20 ms.
+
+One window alone costs ~95 us of model; in a run of 16 or more windows each costs ~57 us (the
+convolutions work on a batch). Silero's graph, as faster-whisper ships it, runs the windows of one
+stream through its LSTM as time steps, batch 1. `stream_session` derives, at load and from that same
+file, the graph whose LSTM takes them as a batch of streams instead, one time step each, with each
+stream's own state (h, c of shape [1, streams, 128]): one edited permutation (the Transpose before the
+LSTM) and the state's batch dimension left free. Every stream's probabilities and state come out
+exactly as its own run of the shipped graph gives them (tests/test_vad_batch.py).
+
+A stream's completed windows wait for the next run: at most BATCH_WAIT_S, once a window is waiting.
+The quiet gate of media.vad (skip_quiet) is applied in the run, window by window and in each stream's
+order, so a stream skips exactly the windows SileroVad would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime
+
+from media.vad import (
+    CONTEXT_SAMPLES,
+    MODEL_PATH,
+    QUIET_PEAK,
+    QUIET_PROBABILITY,
+    QUIET_SETTLED,
+    WINDOW_SAMPLES,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_WAIT_S = 0.02  # a window waits at most one frame for the others
+_ROW = CONTEXT_SAMPLES + WINDOW_SAMPLES
+_HIDDEN = 128
+_INT16_SCALE = np.float32(1 / 32768)
+_peak_high, _peak_low = np.maximum.reduce, np.minimum.reduce
+
+# (window index, probability, the tag the window was pushed with)
+OnWindow = Callable[[int, float, bool], None]
+
+_session: onnxruntime.InferenceSession | None = None
+_session_lock = threading.Lock()
+
+
+def stream_model_bytes(path: str = MODEL_PATH) -> bytes:
+    """The shipped Silero graph with its LSTM batch over streams instead of over time."""
+    import onnx  # only at load: the edit needs the graph's protobuf, the runtime does not
+
+    model = onnx.load(path)
+    graph = model.graph
+    lstms = [node for node in graph.node if node.op_type == "LSTM"]
+    if len(lstms) != 1:
+        raise RuntimeError(f"Silero graph: expected one LSTM, found {len(lstms)}")
+    feeding = [node for node in graph.node if lstms[0].input[0] in node.output]
+    perm = [attr for node in feeding if node.op_type == "Transpose" for attr in node.attribute if attr.name == "perm"]
+    if len(perm) != 1 or list(perm[0].ints) != [0, 2, 1]:
+        raise RuntimeError("Silero graph: the LSTM is not fed by the Transpose [0, 2, 1] this edit expects")
+    # [windows, 128, 1] -> [1, windows, 128]: one time step of a batch, instead of a sequence of batch 1.
+    del perm[0].ints[:]
+    perm[0].ints.extend([2, 0, 1])
+    for value in list(graph.input) + list(graph.output):
+        if value.name in ("h", "c", "hn", "cn"):
+            value.type.tensor_type.shape.dim[1].dim_param = "streams"  # was the fixed batch of 1
+        elif value.name in ("input", "speech_probs"):
+            value.type.tensor_type.shape.dim[0].dim_param = "streams"
+    del graph.value_info[:]  # shapes inferred for the old layout
+    return model.SerializeToString()
+
+
+def stream_session() -> onnxruntime.InferenceSession:
+    """The process-wide session of the stream-batched graph (load it at startup: ~0.4 s)."""
+    global _session
+    if _session is None:
+        with _session_lock:
+            if _session is None:
+                opts = onnxruntime.SessionOptions()
+                # As media.vad: no pool threads; the runs are short and the loop's thread runs them.
+                opts.intra_op_num_threads = 1
+                opts.inter_op_num_threads = 1
+                opts.log_severity_level = 3
+                _session = onnxruntime.InferenceSession(
+                    stream_model_bytes(), sess_options=opts, providers=["CPUExecutionProvider"]
+                )
+    return _session
+
+
+class BatchedVad:
+    """One stream's windows for a VadBatch: feed 16 kHz mono int16 chunks; probabilities come back per window."""
+
+    def __init__(self, on_window: OnWindow, *, skip_quiet: bool = False, batch: VadBatch | None = None) -> None:
+        self._on_window = on_window
+        self._skip_quiet = skip_quiet
+        self._batch = batch
+        self._window = np.zeros(_ROW, dtype=np.float32)  # context, then the samples since
+        self._filled = 0
+        self.windows = 0  # windows completed so far; window i covers samples [512*i, 512*(i+1))
+        self.windows_skipped = 0  # quiet windows not run through the model (skip_quiet)
+        self.h = np.zeros((1, 1, _HIDDEN), dtype=np.float32)
+        self.c = np.zeros((1, 1, _HIDDEN), dtype=np.float32)
+        self.quiet_run = 0
+        self.waiting: deque[tuple[int, np.ndarray, bool]] = deque()  # (index, row, tag) not yet run
+        self.closed = False
+
+    @property
+    def pending_samples(self) -> int:
+        """Samples received but not yet part of a completed window."""
+        return self._filled
+
+    def push(self, samples: np.ndarray, tag: bool = False) -> None:
+        """Every window these samples complete goes to the next run, carrying `tag` back."""
+        if self.closed:
+            return
+        flat = samples.reshape(-1)
+        window = self._window
+        while flat.size:
+            take = min(WINDOW_SAMPLES - self._filled, flat.size)
+            start = CONTEXT_SAMPLES + self._filled
+            np.multiply(flat[:take], _INT16_SCALE, out=window[start : start + take], casting="unsafe")
+            self._filled += take
+            flat = flat[take:]
+            if self._filled == WINDOW_SAMPLES:
+                self.waiting.append((self.windows, window.copy(), tag))
+                self.windows += 1
+                window[:CONTEXT_SAMPLES] = window[WINDOW_SAMPLES:]
+                self._filled = 0
+        if self.waiting:
+            if self._batch is None:
+                self._batch = vad_batch()
+            self._batch.wait(self)
+
+    def close(self) -> None:
+        """Windows still waiting are dropped; nothing is called back any more."""
+        self.closed = True
+        self.waiting.clear()
+
+    def quiet_of(self, row: np.ndarray) -> bool | None:
+        """Whether a window's new samples are all below QUIET_PEAK; None when the gate is off."""
+        if not self._skip_quiet:
+            return None
+        new = row[CONTEXT_SAMPLES:]
+        return max(float(_peak_high(new)), -float(_peak_low(new))) < QUIET_PEAK
+
+    def deliver(self, index: int, probability: float, tag: bool, quiet: bool | None) -> None:
+        if quiet is not None:
+            self.quiet_run = self.quiet_run + 1 if quiet and probability < QUIET_PROBABILITY else 0
+        try:
+            self._on_window(index, probability, tag)
+        except Exception:  # one call's failure must not cost the other calls their windows
+            log.exception("a VAD window's consumer failed")
+
+
+class VadBatch:
+    """Runs the waiting windows of all its streams together, BATCH_WAIT_S after the first one waits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, session: onnxruntime.InferenceSession | None = None) -> None:
+        self._loop = loop
+        self._session = session
+        self._waiting: dict[int, BatchedVad] = {}  # by id: a stream waits once however many windows
+        self._timer: asyncio.TimerHandle | None = None
+        self.runs = 0
+        self.windows_run = 0
+
+    def wait(self, stream: BatchedVad) -> None:
+        self._waiting[id(stream)] = stream
+        if self._timer is None:
+            self._timer = self._loop.call_later(BATCH_WAIT_S, self.run)
+
+    def run(self) -> None:
+        """Every waiting window, in each stream's order: one model run per round of first windows."""
+        self._timer = None
+        streams = [stream for stream in self._waiting.values() if not stream.closed]
+        self._waiting.clear()
+        while streams:
+            self._round(streams)
+            streams = [stream for stream in streams if stream.waiting and not stream.closed]
+
+    def _round(self, streams: list[BatchedVad]) -> None:
+        runs: list[tuple[BatchedVad, int, np.ndarray, bool, bool | None]] = []
+        for stream in streams:
+            index, row, tag = stream.waiting.popleft()
+            quiet = stream.quiet_of(row)
+            if quiet and stream.quiet_run >= QUIET_SETTLED:
+                stream.windows_skipped += 1
+                stream.deliver(index, 0.0, tag, None)  # the gate stays settled
+                continue
+            runs.append((stream, index, row, tag, quiet))
+        if not runs:
+            return
+        session = self._session if self._session is not None else stream_session()
+        count = len(runs)
+        rows = np.stack([row for _, _, row, _, _ in runs])
+        h = np.concatenate([stream.h for stream, *_ in runs], axis=1)
+        c = np.concatenate([stream.c for stream, *_ in runs], axis=1)
+        try:
+            probabilities, hn, cn = session.run(None, {"input": rows, "h": h, "c": c})
+        except Exception:  # a failed run must not end any call: its windows count as no speech
+            log.exception("Silero batch of %d windows failed", count)
+            probabilities = np.zeros(count, dtype=np.float32)
+            hn, cn = h, c
+        self.runs += 1
+        self.windows_run += count
+        for slot, (stream, index, _, tag, quiet) in enumerate(runs):
+            if stream.closed:
+                continue
+            stream.h[0, 0] = hn[0, slot]
+            stream.c[0, 0] = cn[0, slot]
+            stream.deliver(index, float(probabilities[slot]), tag, quiet)
+
+
+_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, VadBatch] = weakref.WeakKeyDictionary()
+
+
+def vad_batch() -> VadBatch:
+    """The running loop's batch (made on first use)."""
+    loop = asyncio.get_running_loop()
+    batch = _batches.get(loop)
+    if batch is None:
+        batch = _batches[loop] = VadBatch(loop)
+    return batch
