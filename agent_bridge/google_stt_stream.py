@@ -109,6 +109,9 @@ class StreamRunner:
         self._hold_s = 0.0  # the next stream's hold_s
         self._flush_until = 0  # audio up to here is sent without waiting for MIN_AUDIO_BYTES
         self._wake = asyncio.Event()  # audio to send, or a failure taken
+        # Pushed audio wakes the waiting task only once the audio ends here: a writer waiting for
+        # MIN_AUDIO_BYTES is not woken (a task step) by each of the 20 ms frames before.
+        self._wake_at = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -126,7 +129,9 @@ class StreamRunner:
             self._task = loop.create_task(self._run(), name="google-stt-streams")
 
     def wake(self) -> None:
-        self._wake.set()
+        """Audio was pushed."""
+        if self._audio.end >= self._wake_at:
+            self._wake.set()
 
     def flush(self) -> None:
         """Send all the audio there is now, however little (a turn's end)."""
@@ -157,6 +162,7 @@ class StreamRunner:
         idle = False
         while True:
             while self._failed or (idle and not self._audio.unfinalised):
+                self._wake_at = 0
                 self._wake.clear()
                 await self._wake.wait()
             idle = False
@@ -233,6 +239,7 @@ class StreamRunner:
             while stream.cut is None:
                 pending = self._audio.end - stream.sent
                 if pending <= 0 or (pending < MIN_AUDIO_BYTES and stream.sent >= self._flush_until):
+                    self._wake_at = stream.sent + MIN_AUDIO_BYTES
                     self._wake.clear()
                     await self._wake.wait()
                     continue
