@@ -10,7 +10,8 @@ exactly as its own run of the shipped graph gives them (tests/test_vad_batch.py)
 
 A stream's completed windows wait for the next run: at most BATCH_WAIT_S, once a window is waiting.
 The quiet gate of media.vad (skip_quiet) is applied in the run, window by window and in each stream's
-order, so a stream skips exactly the windows SileroVad would.
+order, so a stream skips exactly the windows SileroVad would; a window the settled gate skips with
+nothing of its stream still waiting is skipped as it completes, and its probability (0) told at once.
 """
 
 from __future__ import annotations
@@ -126,8 +127,14 @@ class BatchedVad:
             self._filled += take
             flat = flat[take:]
             if self._filled == WINDOW_SAMPLES:
-                self.waiting.append((self.windows, window.copy(), tag))
+                index = self.windows
                 self.windows += 1
+                if self._settled_and_quiet(window):
+                    # What the batch would do with it, now: no copy, no wait (a muted line's every window).
+                    self.windows_skipped += 1
+                    self.deliver(index, 0.0, tag, None)
+                else:
+                    self.waiting.append((index, window.copy(), tag))
                 window[:CONTEXT_SAMPLES] = window[WINDOW_SAMPLES:]
                 self._filled = 0
         if self.waiting:
@@ -139,6 +146,10 @@ class BatchedVad:
         """Windows still waiting are dropped; nothing is called back any more."""
         self.closed = True
         self.waiting.clear()
+
+    def _settled_and_quiet(self, window: np.ndarray) -> bool:
+        """The gate would skip this window: settled in quiet, nothing earlier still to run, and quiet itself."""
+        return self._skip_quiet and self.quiet_run >= QUIET_SETTLED and not self.waiting and bool(self.quiet_of(window))
 
     def quiet_of(self, row: np.ndarray) -> bool | None:
         """Whether a window's new samples are all below QUIET_PEAK; None when the gate is off."""
