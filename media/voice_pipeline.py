@@ -110,7 +110,7 @@ class VoicePipeline(CallPipeline):
         self._vad.push(pcm, completes and self._echo.is_echo(pcm))
 
     def _on_window(self, index: int, probability: float, echo: bool) -> None:
-        """One VAD window's probability, as the batch gives it back (at most ~20 ms after it was heard)."""
+        """One VAD window's probability, as the batch gives it back (at most ~10 ms after it was heard)."""
         if echo:
             probability = 0.0  # the bot's own voice: never a turn of the user's
         for event in self._turns.push_probability(probability, WINDOW_MS, (index + 1) * WINDOW_MS):
