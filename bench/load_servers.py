@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import aiohttp
 import psutil
 
 from bench.server_process import free_port, server_process, serving
+from signaling.auth import TokenAuthority
+from storage.usage import USAGE_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_CORE = 0
@@ -84,9 +87,24 @@ def _script_server(python: Path | str, script: str) -> Iterator[tuple[str, subpr
         yield started
 
 
-async def _dev_token(base_url: str) -> str:
-    async with aiohttp.ClientSession() as http, http.post(f"{base_url}/dev/token", json={"user_id": "bench-load"}) as resp:
-        return str((await resp.json())["access_token"])
+LOAD_USER = "bench-load"
+# Every call of a run is this one user's: the free plan's hour of microphone audio would run out at about
+# 120 calls of 30 s. A limit no run reaches, not none: an unlimited type is not guarded, and the quota
+# reservations (Postgres round trips every few seconds a call) must stay in what is measured.
+_BENCH_LIMIT = 10**9
+
+
+async def _load_user_token(base_url: str, jwt_secret: str) -> str:
+    """The load user's token, once an admin has raised every monthly limit of theirs out of reach."""
+    admin = TokenAuthority(jwt_secret).issue("bench-admin", admin=True)
+    async with aiohttp.ClientSession() as http:
+        limits = {"limits": dict.fromkeys(USAGE_TYPES, _BENCH_LIMIT)}
+        headers = {"Authorization": f"Bearer {admin}"}
+        async with http.put(f"{base_url}/api/v1/admin/users/{LOAD_USER}/quota", json=limits, headers=headers) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"raising the load user's limits: {resp.status} {await resp.text()}")
+        async with http.post(f"{base_url}/dev/token", json={"user_id": LOAD_USER}) as resp:
+            return str((await resp.json())["access_token"])
 
 
 @contextmanager
@@ -109,8 +127,9 @@ def started(name: str, pipeline: str = "loopback") -> Iterator[Server]:
             env = stack.enter_context(cloud_fakes(reply_seconds_per_char=0.35))  # before pinning: its thread stays on the load cores
         os.sched_setaffinity(0, {SERVER_CORE})
         try:
+            jwt_secret = secrets.token_hex(32)
             if name == "ours":
-                context = server_process(PIPELINE=pipeline, **env)
+                context = server_process(PIPELINE=pipeline, JWT_SECRET=jwt_secret, **env)
             elif name == "aiortc":
                 context = _script_server(sys.executable, "aiortc_echo_server.py")
             elif name == "pipecat":
@@ -123,5 +142,5 @@ def started(name: str, pipeline: str = "loopback") -> Iterator[Server]:
         server = Server(name, base_url, proc.pid, pipeline=pipeline)
         server.pin()
         if name == "ours":
-            server.token = asyncio.run(_dev_token(base_url))
+            server.token = asyncio.run(_load_user_token(base_url, jwt_secret))
         yield server
