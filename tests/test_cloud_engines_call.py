@@ -11,10 +11,10 @@ import aiohttp
 import numpy as np
 import pytest
 
-from agent_bridge.config import EngineConfig
 from signaling import keys
 from storage.database import Database
 from tests.conftest import server_settings, start_server
+from tests.fakes.google_engines import google_fakes_config
 from tests.fakes.speech_fake import WORDS, FakeSpeech
 from tests.fakes.tts_fake import FakeTextToSpeech
 from tests.fakes.vertex_fake import ENGINE, VertexFake
@@ -49,18 +49,7 @@ async def test_speech_to_fake_transcript_to_fake_agent_to_fake_voice(
     await speech.start()
     await tts.start()
     await vertex.start()
-    engines = EngineConfig(
-        stt_engine="google",
-        google_cloud_project="demo-project",
-        google_speech_endpoint=speech.endpoint,
-        tts_engine="google",
-        google_tts_endpoint=tts.endpoint,
-        agent_engine="vertex",
-        vertex_agent_engine=ENGINE,
-        vertex_api_endpoint=vertex.base_url,
-        google_api_insecure=True,
-        avatar_engine="none",
-    )
+    engines = google_fakes_config(speech, tts, agent_engine="vertex", vertex_agent_engine=ENGINE, vertex_api_endpoint=vertex.base_url)
     runner, server = await start_server(server_settings(database, tmp_path, pipeline="voice", engines=engines))
     try:
         client, log = await connected_client(http, server)

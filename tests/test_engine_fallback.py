@@ -13,6 +13,7 @@ import pytest
 from agent_bridge.config import EngineConfig
 from storage.database import Database
 from tests.conftest import server_settings, start_server
+from tests.fakes.google_engines import google_fakes_config
 from tests.fakes.speech_fake import Fault as SpeechFault
 from tests.fakes.speech_fake import FakeSpeech
 from tests.fakes.tts_fake import Fault as TtsFault
@@ -50,11 +51,9 @@ async def test_each_failed_cloud_engine_falls_back_to_its_offline_one(
     await speech.start()
     await tts.start()
     await vertex.start()
-    engines = EngineConfig(
-        stt_engine="google", google_cloud_project="demo-project", google_speech_endpoint=speech.endpoint,
-        tts_engine="google", google_tts_endpoint=tts.endpoint,
-        agent_engine="vertex", vertex_agent_engine=ENGINE, vertex_api_endpoint=vertex.base_url,
-        google_api_insecure=True, avatar_engine="none", engine_fallback="offline",
+    engines = google_fakes_config(
+        speech, tts, agent_engine="vertex", vertex_agent_engine=ENGINE, vertex_api_endpoint=vertex.base_url,
+        engine_fallback="offline",
     )  # fmt: skip
     runner, server = await start_server(server_settings(database, tmp_path, pipeline="voice", engines=engines))
     # Every recognition stream of this call is refused (the service is down): its first turn fails for good.

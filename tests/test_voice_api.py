@@ -13,9 +13,9 @@ import av
 import numpy as np
 import pytest
 
-from agent_bridge.config import EngineConfig
 from storage.database import Database
 from tests.conftest import RunningServer, server_settings, start_server
+from tests.fakes.google_engines import google_fakes_config
 from tests.fakes.speech_fake import FakeSpeech, speech_pcm
 from tests.fakes.tts_fake import FakeTextToSpeech
 from tests.rtc_client import RtcClient
@@ -236,16 +236,7 @@ async def test_cloud_engines_transcribe_and_synthesize_through_their_fakes(
     speech, tts = FakeSpeech(), FakeTextToSpeech()
     await speech.start()
     await tts.start()
-    engines = EngineConfig(
-        stt_engine="google",
-        google_cloud_project="demo-project",
-        google_speech_endpoint=speech.endpoint,
-        tts_engine="google",
-        google_tts_endpoint=tts.endpoint,
-        google_tts_voices=("en-GB-Neural2-A",),
-        google_api_insecure=True,
-        avatar_engine="none",
-    )
+    engines = google_fakes_config(speech, tts, google_tts_voices=("en-GB-Neural2-A",))
     runner, server = await start_server(server_settings(database, tmp_path, pipeline="voice", engines=engines))
     try:
         headers = server.auth()
