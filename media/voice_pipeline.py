@@ -24,6 +24,7 @@ from media.engine_fallback import CallEngines, SessionVoiceStore
 from media.pipeline import CallPipeline, ChatTurn, PipelineContext
 from media.preroll import PrerollBuffer
 from media.reply_ahead import ReplyAhead
+from media.stt_feed import SttFeed
 from media.turn_completion import looks_unfinished
 from media.turn_detector import TurnConfig, TurnDetector, TurnEvent, TurnEventType
 from media.turn_metrics import TurnTimer
@@ -61,17 +62,7 @@ class VoicePipeline(CallPipeline):
         self._preroll = PrerollBuffer(VAD_RATE * _PREROLL_MS // 1000)
         self._use = CallEngines(engines, context.session_id, context.user_id, self._on_interim)
         self._agent_store = agent_store
-        self._feeding_stt = False
-        # Audio of a pause, held back so a speculative STT pass started at the pause stays exact;
-        # given to STT only if speech resumes.
-        self._held: list[bytes] = []
-        self._paused = False
-        # Ended turns whose finish_turn has not begun yet, and the audio of the next turn kept until it
-        # has: finish_turn takes the audio pushed before it, so nothing later may reach STT first.
-        self._closing_turns = 0
-        self._next_turn_audio: list[bytes] = []
-        # A turn cut at max_turn_ms ends where STT was fed up to; the next turn's audio starts there.
-        self._stt_fed_until = 0
+        self._feed = SttFeed(lambda pcm: self._use.stt.push(pcm))
         # Transcripts of the turns of an utterance still going on (cut turns), answered as one.
         self._said: list[asyncio.Task[Transcript | None]] = []
         self._tasks: set[asyncio.Task[object]] = set()
@@ -100,11 +91,7 @@ class VoicePipeline(CallPipeline):
         if not pcm.size:
             return
         self._preroll.push(pcm)
-        if self._feeding_stt:
-            if self._paused:
-                self._held.append(pcm.tobytes())
-            else:
-                self._push_stt(pcm.tobytes())
+        self._feed.hear(pcm)
         # Echo is judged on the chunk that completes a window, against what was just sent.
         completes = self._vad.pending_samples + pcm.size >= WINDOW_SAMPLES
         self._vad.push(pcm, completes and self._echo.is_echo(pcm))
@@ -126,36 +113,26 @@ class VoicePipeline(CallPipeline):
                 self._replies.interrupt("barge_in")
             if event.cut:
                 # The caller spoke on through a cut: this turn's audio goes on from where the last stopped.
-                start = self._stt_fed_until
+                start = self._feed.fed_until
             else:
                 self._ctx.events.publish("user_speaking", speaking=True)
                 if not self._said and not self._join.carried:  # else it goes on an utterance begun earlier
                     self._utterance_start_ms = event.speech_start_ms
                 start = int((event.speech_start_ms - 100) * VAD_RATE / 1000)
-            self._push_stt(self._preroll.since(start).tobytes())
-            self._feeding_stt = True
-            self._paused = False
+            self._feed.start_turn(self._preroll.since(start).tobytes())
         elif event.type is TurnEventType.SPEECH_PAUSED:
-            self._paused = True
+            self._feed.pause()
             self._pauses += 1
-            if not self._closing_turns:  # a pass now would be of the turn still closing
+            if not self._feed.closing:  # a pass now would be of the turn still closing
                 self._use.stt.speech_paused()
                 if self._use.tts.discard_is_free:  # else nothing may be spoken ahead
                     self._spawn(self._draft_reply(self._pauses))
         elif event.type is TurnEventType.SPEECH_RESUMED:
-            self._paused = False
             self._drop_ahead()
             self._use.stt.speech_resumed()
-            for pcm in self._held:
-                self._push_stt(pcm)
-            self._held.clear()
+            self._feed.resume()
         elif event.type is TurnEventType.TURN_ENDED:
-            self._feeding_stt = False
-            self._paused = False
-            self._held.clear()
-            self._stt_fed_until = self._preroll.end_sample
-            carry, self._next_turn_audio = self._next_turn_audio, []
-            self._closing_turns += 1
+            carry = self._feed.end_turn(self._preroll.end_sample)
             self._said.append(self._spawn(self._transcribe_turn(carry)))
             if event.cut:
                 self._drop_ahead()
@@ -164,15 +141,6 @@ class VoicePipeline(CallPipeline):
             said, self._said = self._said, []
             turn_ms = (round(self._utterance_start_ms), round(event.speech_end_ms))
             self._join.answering(self._spawn(self._answer(said, self._wall_time_of(event.speech_end_ms), turn_ms)), said)
-
-    def _push_stt(self, pcm: bytes) -> None:
-        if self._closing_turns:
-            self._next_turn_audio.append(pcm)
-            return
-        for held in self._next_turn_audio:
-            self._use.stt.push(held)
-        self._next_turn_audio.clear()
-        self._use.stt.push(pcm)
 
     def _wall_time_of(self, media_ms: float) -> float:
         """Map a moment of the inbound audio clock to loop time: the newest sample arrived just now."""
@@ -185,7 +153,7 @@ class VoicePipeline(CallPipeline):
             text = await self._use.stt.paused_transcript()
         except Exception:  # the turn's own pass will report it
             return
-        if not text or pause != self._pauses or not self._paused:
+        if not text or pause != self._pauses or not self._feed.paused:
             return  # speech resumed, or the turn already ended
         earlier = self._earlier_texts()
         if earlier is None:
@@ -214,7 +182,7 @@ class VoicePipeline(CallPipeline):
         """Close the STT turn: `carry` is this turn's audio that was kept while an earlier one closed."""
         for pcm in carry:
             self._use.stt.push(pcm)
-        self._closing_turns -= 1
+        self._feed.turn_closed()
         try:
             return await self._use.stt.finish_turn()  # it takes the turn's audio before it first waits
         except Exception as exc:
