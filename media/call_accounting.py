@@ -43,6 +43,10 @@ class Accounting:
         """Take the session for a call on this node: False if it is offered elsewhere or ended."""
         return await self.sessions.mark_connecting(session_id, self.node_id)
 
+    async def end_reason(self, session_id: uuid.UUID) -> str | None:
+        """Why the session ended, if it has (a claim that failed: a hang-up won, or another node took it)."""
+        return await self.sessions.end_reason_of(session_id)
+
     async def unclaim(self, session_id: uuid.UUID) -> None:
         """Give back a claim whose offer was refused, so the session can take another offer."""
         await self.sessions.unclaim(session_id, self.node_id)

@@ -166,7 +166,16 @@ class CallRegistry:
             raise
         if not claimed:
             await self._abandon(call)
-            raise CallStateError("the session is already offered (or ended)")
+            # A hang-up that ended the session in Postgres while this offer was on its way won the race:
+            # the lobby this offer made goes as a hang-up's would.
+            reason = self._ended.get(key) or await self.accounting.end_reason(session_id)
+            if reason is not None:
+                self._remember_ended(key, reason)
+                lobby = self._lobbies.pop(key, None)
+                if lobby is not None:
+                    lobby.close(reason)
+                raise CallEnded("the session has ended")
+            raise CallStateError("the session is already offered")
         try:
             answer = await call.accept_offer(sdp)
         except CallEnded:

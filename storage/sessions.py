@@ -127,6 +127,11 @@ class SessionRepository:
         )
         return SessionRecord.from_row(row) if row else None
 
+    async def end_reason_of(self, session_id: uuid.UUID) -> str | None:
+        """Why the session ended; None while it has not (or there is no such session)."""
+        row = await self._pool.fetchrow("select end_reason from user_sessions where id = $1 and status = 'ended'", session_id)
+        return None if row is None else row["end_reason"] or "ended"
+
     async def mark_connecting(self, session_id: uuid.UUID, node_id: str) -> bool:
         """Claim a created session for a call on this node; False if it ended (or was claimed) meanwhile."""
         result = await self._pool.execute(

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import aiohttp
@@ -17,10 +18,12 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from media.call import CallEnded
 from media.call_limits import CallLimits
 from media.loopback import LoopbackPipeline
 from signaling import keys
 from storage.database import Database
+from storage.sessions import SessionRepository
 from tests.conftest import RunningServer, server_settings, start_server
 from tests.probes import udp_sockets, until
 from tests.rtc_client import PcmSourceTrack, RtcClient, sine, strip_candidates
@@ -90,6 +93,24 @@ async def test_offer_and_hangup_fired_together_leave_nothing(
         ]
 
     assert await until(lambda: not new_tasks(), 10), new_tasks()
+
+
+async def test_an_offer_whose_claim_lost_to_a_hang_up_is_told_the_session_ended(
+    loopback_server: RunningServer, database: Database, http: aiohttp.ClientSession
+) -> None:
+    """The hang-up ended the session in Postgres after the offer was let in, before its claim (the race
+    above, made certain): session_ended, as for any ended session, not invalid_state."""
+    registry = loopback_server.app[keys.CALLS]
+    async with http.post(f"{loopback_server.base_url}/api/v1/sessions", headers=loopback_server.auth("late-offer")) as resp:
+        session_id = uuid.UUID((await resp.json())["session_id"])
+    assert await SessionRepository(database.pool).end(session_id, "hangup")
+    pc, sdp = await make_offer()
+    try:
+        with pytest.raises(CallEnded):
+            await registry.start_call(session_id, "late-offer", datetime.now(timezone.utc) + timedelta(minutes=5), sdp)
+    finally:
+        await pc.close()
+    assert registry.get(session_id) is None and not registry.is_waiting(session_id)
 
 
 async def test_candidates_wait_for_the_offer_bounded(loopback_server: RunningServer, http: aiohttp.ClientSession) -> None:
