@@ -35,6 +35,10 @@ async def worker_spans(workers: int) -> list[tuple[float, float]]:
 
     try:
         sizes = await asyncio.gather(one(), one())
+        # A worker hands over its last chunk before its span is written: wait for both spans.
+        async with asyncio.timeout(10):
+            while len(spans) < 2:
+                await asyncio.sleep(0.01)
     finally:
         await tts.aclose()
     assert min(sizes) > 0  # both spoken (Piper varies its timing a little from one run to the next)
