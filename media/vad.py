@@ -36,7 +36,7 @@ QUIET_SETTLED = 5
 QUIET_PROBABILITY = 0.1
 
 _STATE_SHAPE = (1, 1, 128)
-_INT16_SCALE = np.float32(1 / 32768)
+INT16_SCALE = np.float32(1 / 32768)
 _NO_PROBS = np.zeros(0, dtype=np.float32)
 _NO_PROBS.flags.writeable = False
 _SKIPPED = np.zeros(1, dtype=np.float32)
@@ -48,24 +48,34 @@ _session: onnxruntime.InferenceSession | None = None
 _session_lock = threading.Lock()
 
 
+def session_options() -> onnxruntime.SessionOptions:
+    """Options of every Silero session (this one and media.vad_batch's)."""
+    opts = onnxruntime.SessionOptions()
+    # One window is ~50 us of work: extra threads only add wake-up latency and
+    # contend with the event loop and other calls. 1 and 1 means ONNX Runtime makes
+    # no pool thread at all: every call's windows run on the event loop's thread, in
+    # this one process-wide session (never one per call).
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
 def load_session() -> onnxruntime.InferenceSession:
     """The process-wide Silero session; call at startup so the first call doesn't pay ~50 ms."""
     global _session
     if _session is None:
         with _session_lock:
             if _session is None:
-                opts = onnxruntime.SessionOptions()
-                # One window is ~50 us of work: extra threads only add wake-up latency and
-                # contend with the event loop and other calls. 1 and 1 means ONNX Runtime makes
-                # no pool thread at all: every call's windows run on the event loop's thread, in
-                # this one process-wide session (never one per call).
-                opts.intra_op_num_threads = 1
-                opts.inter_op_num_threads = 1
-                opts.log_severity_level = 3
                 _session = onnxruntime.InferenceSession(
-                    MODEL_PATH, sess_options=opts, providers=["CPUExecutionProvider"]
+                    MODEL_PATH, sess_options=session_options(), providers=["CPUExecutionProvider"]
                 )
     return _session
+
+
+def is_quiet(new: np.ndarray) -> bool:
+    """Whether every sample of a window's new (float) samples is below QUIET_PEAK: the quiet gate's test."""
+    return max(float(_peak_high(new)), -float(_peak_low(new))) < QUIET_PEAK
 
 
 class SileroVad:
@@ -120,7 +130,7 @@ class SileroVad:
         window, filled = self._window, self._filled
         start = CONTEXT_SAMPLES + filled
         if filled + flat.size < WINDOW_SAMPLES:  # no window completes
-            np.multiply(flat, _INT16_SCALE, out=window[start : start + flat.size], casting="unsafe")
+            np.multiply(flat, INT16_SCALE, out=window[start : start + flat.size], casting="unsafe")
             self._filled += flat.size
             return _NO_PROBS
         if filled + flat.size >= 2 * WINDOW_SAMPLES:
@@ -132,11 +142,11 @@ class SileroVad:
             return self._process_many(flat)
         # Exactly one window completes: run it, then its tail is the next window's context.
         take = WINDOW_SAMPLES - filled
-        np.multiply(flat[:take], _INT16_SCALE, out=window[start:], casting="unsafe")
+        np.multiply(flat[:take], INT16_SCALE, out=window[start:], casting="unsafe")
         probs = self._gated(window) if self._skip_quiet else self._run_window()
         window[:CONTEXT_SAMPLES] = window[WINDOW_SAMPLES:]
         rest = flat.size - take
-        np.multiply(flat[take:], _INT16_SCALE, out=window[CONTEXT_SAMPLES : CONTEXT_SAMPLES + rest], casting="unsafe")
+        np.multiply(flat[take:], INT16_SCALE, out=window[CONTEXT_SAMPLES : CONTEXT_SAMPLES + rest], casting="unsafe")
         self._filled = rest
         self.windows += 1
         return probs
@@ -150,8 +160,7 @@ class SileroVad:
 
     def _gated(self, window: np.ndarray) -> np.ndarray:
         """The window's probability, from the model unless the stream has settled into quiet."""
-        new = window[CONTEXT_SAMPLES:]
-        quiet = max(float(_peak_high(new)), -float(_peak_low(new))) < QUIET_PEAK
+        quiet = is_quiet(window[CONTEXT_SAMPLES:])
         if quiet and self._quiet_run >= QUIET_SETTLED:
             self.windows_skipped += 1
             return _SKIPPED
@@ -161,7 +170,7 @@ class SileroVad:
 
     def _process_many(self, flat: np.ndarray) -> np.ndarray:
         """Several windows at once: one run over all of them (the model's first axis is time)."""
-        audio = np.concatenate((self._window[CONTEXT_SAMPLES : CONTEXT_SAMPLES + self._filled], flat.astype(np.float32) * _INT16_SCALE))
+        audio = np.concatenate((self._window[CONTEXT_SAMPLES : CONTEXT_SAMPLES + self._filled], flat.astype(np.float32) * INT16_SCALE))
         count = audio.size // WINDOW_SAMPLES
         windows = audio[: count * WINDOW_SAMPLES].reshape(count, WINDOW_SAMPLES)
         batch = np.empty((count, CONTEXT_SAMPLES + WINDOW_SAMPLES), dtype=np.float32)

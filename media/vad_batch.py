@@ -28,11 +28,13 @@ import onnxruntime
 
 from media.vad import (
     CONTEXT_SAMPLES,
+    INT16_SCALE,
     MODEL_PATH,
-    QUIET_PEAK,
     QUIET_PROBABILITY,
     QUIET_SETTLED,
     WINDOW_SAMPLES,
+    is_quiet,
+    session_options,
 )
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,6 @@ log = logging.getLogger(__name__)
 BATCH_WAIT_S = 0.01  # a window waits at most half a frame: 15+ windows a run once 50 calls talk
 _ROW = CONTEXT_SAMPLES + WINDOW_SAMPLES
 _HIDDEN = 128
-_INT16_SCALE = np.float32(1 / 32768)
-_peak_high, _peak_low = np.maximum.reduce, np.minimum.reduce
 
 # (window index, probability, the tag the window was pushed with)
 OnWindow = Callable[[int, float, bool], None]
@@ -81,13 +81,8 @@ def stream_session() -> onnxruntime.InferenceSession:
     if _session is None:
         with _session_lock:
             if _session is None:
-                opts = onnxruntime.SessionOptions()
-                # As media.vad: no pool threads; the runs are short and the loop's thread runs them.
-                opts.intra_op_num_threads = 1
-                opts.inter_op_num_threads = 1
-                opts.log_severity_level = 3
                 _session = onnxruntime.InferenceSession(
-                    stream_model_bytes(), sess_options=opts, providers=["CPUExecutionProvider"]
+                    stream_model_bytes(), sess_options=session_options(), providers=["CPUExecutionProvider"]
                 )
     return _session
 
@@ -123,7 +118,7 @@ class BatchedVad:
         while flat.size:
             take = min(WINDOW_SAMPLES - self._filled, flat.size)
             start = CONTEXT_SAMPLES + self._filled
-            np.multiply(flat[:take], _INT16_SCALE, out=window[start : start + take], casting="unsafe")
+            np.multiply(flat[:take], INT16_SCALE, out=window[start : start + take], casting="unsafe")
             self._filled += take
             flat = flat[take:]
             if self._filled == WINDOW_SAMPLES:
@@ -155,8 +150,7 @@ class BatchedVad:
         """Whether a window's new samples are all below QUIET_PEAK; None when the gate is off."""
         if not self._skip_quiet:
             return None
-        new = row[CONTEXT_SAMPLES:]
-        return max(float(_peak_high(new)), -float(_peak_low(new))) < QUIET_PEAK
+        return is_quiet(row[CONTEXT_SAMPLES:])
 
     def deliver(self, index: int, probability: float, tag: bool, quiet: bool | None) -> None:
         if quiet is not None:
