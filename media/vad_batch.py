@@ -1,12 +1,10 @@
 """Silero for every call at once: one model run for the windows all streams completed in the last 10 ms.
 
-One window alone costs ~95 us of model; in a run of 16 or more windows each costs ~57 us (the
-convolutions work on a batch). Silero's graph, as faster-whisper ships it, runs the windows of one
-stream through its LSTM as time steps, batch 1. `stream_session` derives, at load and from that same
-file, the graph whose LSTM takes them as a batch of streams instead, one time step each, with each
-stream's own state (h, c of shape [1, streams, 128]): one edited permutation (the Transpose before the
-LSTM) and the state's batch dimension left free. Every stream's probabilities and state come out
-exactly as its own run of the shipped graph gives them (tests/test_vad_batch.py).
+The run goes through the graph media.vad_graph rebuilds from the shipped model: every layer one matrix
+product over all the waiting windows, and the LSTM with the streams as its batch, each stream with its
+own state (h, c of shape [1, streams, 128]). A window costs ~21 us in a run of 16 (the shipped graph:
+~115 us alone). Every stream's probabilities agree with its own run of the shipped graph to ~1e-6, and
+do not depend on which streams share a run (tests/test_vad_graph.py, tests/test_vad_batch.py).
 
 A stream's completed windows wait for the next run: at most BATCH_WAIT_S, once a window is waiting.
 The quiet gate of media.vad (skip_quiet) is applied in the run, window by window and in each stream's
@@ -29,13 +27,13 @@ import onnxruntime
 from media.vad import (
     CONTEXT_SAMPLES,
     INT16_SCALE,
-    MODEL_PATH,
     QUIET_PROBABILITY,
     QUIET_SETTLED,
     WINDOW_SAMPLES,
     is_quiet,
     session_options,
 )
+from media.vad_graph import stream_model_bytes
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +46,6 @@ OnWindow = Callable[[int, float, bool], None]
 
 _session: onnxruntime.InferenceSession | None = None
 _session_lock = threading.Lock()
-
-
-def stream_model_bytes(path: str = MODEL_PATH) -> bytes:
-    """The shipped Silero graph with its LSTM batch over streams instead of over time."""
-    import onnx  # only at load: the edit needs the graph's protobuf, the runtime does not
-
-    model = onnx.load(path)
-    graph = model.graph
-    lstms = [node for node in graph.node if node.op_type == "LSTM"]
-    if len(lstms) != 1:
-        raise RuntimeError(f"Silero graph: expected one LSTM, found {len(lstms)}")
-    feeding = [node for node in graph.node if lstms[0].input[0] in node.output]
-    perm = [attr for node in feeding if node.op_type == "Transpose" for attr in node.attribute if attr.name == "perm"]
-    if len(perm) != 1 or list(perm[0].ints) != [0, 2, 1]:
-        raise RuntimeError("Silero graph: the LSTM is not fed by the Transpose [0, 2, 1] this edit expects")
-    # [windows, 128, 1] -> [1, windows, 128]: one time step of a batch, instead of a sequence of batch 1.
-    del perm[0].ints[:]
-    perm[0].ints.extend([2, 0, 1])
-    for value in list(graph.input) + list(graph.output):
-        if value.name in ("h", "c", "hn", "cn"):
-            value.type.tensor_type.shape.dim[1].dim_param = "streams"  # was the fixed batch of 1
-        elif value.name in ("input", "speech_probs"):
-            value.type.tensor_type.shape.dim[0].dim_param = "streams"
-    del graph.value_info[:]  # shapes inferred for the old layout
-    return model.SerializeToString()
 
 
 def stream_session() -> onnxruntime.InferenceSession:

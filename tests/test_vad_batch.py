@@ -1,5 +1,6 @@
-"""media.vad_batch: many streams' windows in one run of the stream-batched Silero graph give every
-stream exactly what its own SileroVad gives, whatever the chunking and whenever the runs happen."""
+"""media.vad_batch: many streams' windows in one run of the rebuilt Silero graph give every stream what
+its own SileroVad (the shipped graph) gives, to float rounding, and skip the very same windows,
+whatever the chunking and whenever the runs happen."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from media.vad import SileroVad
-from media.vad_batch import BatchedVad, VadBatch, stream_session
+from media.vad_batch import BatchedVad, VadBatch
 from tests.test_vad_windows import speech_16k
 
 Heard = list[tuple[int, float, bool]]
@@ -63,7 +64,8 @@ async def test_every_stream_gets_what_its_own_silero_gives(skip_quiet: bool) -> 
     for audio, stream, got in zip(audios, streams, heard, strict=True):
         expected, skipped = alone(audio, skip_quiet)
         assert [i for i, _, _ in got] == list(range(len(expected)))  # every window once, in order
-        assert [p for _, p, _ in got] == expected  # bit for bit
+        # The same model, its sums in another order (media.vad_graph): equal to rounding.
+        np.testing.assert_allclose([p for _, p, _ in got], expected, rtol=0, atol=1e-5)
         assert stream.windows_skipped == skipped
     if skip_quiet:
         assert streams[1].windows_skipped > 0  # the silent stretches were skipped, the same ones
@@ -80,7 +82,7 @@ async def test_a_waiting_window_is_run_by_the_batch_timer() -> None:
         while not heard:
             await asyncio.sleep(0.005)
     assert heard[0][0] == 0 and heard[0][2] is True
-    assert heard[0][1] == alone(audio[:512], skip_quiet=False)[0][0]
+    assert heard[0][1] == pytest.approx(alone(audio[:512], skip_quiet=False)[0][0], abs=1e-5)
 
 
 async def test_a_closed_stream_drops_its_windows_and_a_failing_consumer_costs_only_itself() -> None:
@@ -101,19 +103,3 @@ async def test_a_closed_stream_drops_its_windows_and_a_failing_consumer_costs_on
     batch.run()
     assert [i for i, _, _ in heard] == [0, 1, 2, 3]  # only `fine`'s four windows
     assert batch.windows_run == 8  # `broken`'s ran too; its consumer's failure was its own
-
-
-def test_the_stream_batched_graph_keeps_each_streams_state_apart() -> None:
-    session = stream_session()
-    rng = np.random.default_rng(5)
-    rows = (rng.standard_normal((6, 576)) * 0.1).astype(np.float32)
-    h = (rng.standard_normal((1, 6, 128)) * 0.3).astype(np.float32)
-    c = (rng.standard_normal((1, 6, 128)) * 0.3).astype(np.float32)
-    probabilities, hn, cn = session.run(None, {"input": rows, "h": h, "c": c})
-    single = SileroVad()._session  # the shipped graph, one stream at a time
-    for k in range(6):
-        p1, h1, c1 = single.run(None, {"input": rows[k : k + 1], "h": h[:, k : k + 1], "c": c[:, k : k + 1]})
-        assert p1[0] == probabilities[k] and np.array_equal(h1[0, 0], hn[0, k]) and np.array_equal(c1[0, 0], cn[0, k])
-    # The shipped graph runs the rows as one stream's time steps: not what a batch of streams must get.
-    as_time, _, _ = single.run(None, {"input": rows, "h": h[:, :1], "c": c[:, :1]})
-    assert not np.array_equal(as_time, probabilities)
