@@ -1,7 +1,10 @@
 """Keeping one call inside its user's quota while it runs, and telling the browser how much is left.
 
-Quota is reserved in small chunks by an atomic UPDATE in Postgres, so calls of one user on several
-server processes can never overspend by more than a chunk each. When nothing more can be reserved
+Quota is reserved in chunks by an atomic UPDATE in Postgres, so calls of one user on several server
+processes can never overspend by more than a chunk each. A chunk is the policy's base while the user's
+month is nearly spent, and grows with what is left (a tenth of it, up to the policy's most): a call of a
+user far from the limit reserves about once a minute instead of every few seconds, and near the limit
+calls still share what is left in small pieces. When nothing more can be reserved
 and the call has used what it holds, `on_exhausted(usage_type)` decides: the call loses what that
 type pays for and goes on (the avatar), or it ends with reason `quota_exhausted`.
 """
@@ -28,13 +31,26 @@ WARN_FRACTION = 0.8
 WARN_REMAINING_US = 30_000_000
 
 
+CHUNK_SHARE_OF_HEADROOM = 10  # a grown chunk takes at most a tenth of what the month has left
+
+
 @dataclass(frozen=True)
 class QuotaPolicy:
-    chunk_us: int = 5_000_000  # time types
+    chunk_us: int = 5_000_000  # time types: the base chunk
     chunk_count: int = 500  # characters, tokens
+    max_chunk_us: int = 60_000_000  # the most a chunk grows to, far from the limit
+    max_chunk_count: int = 6_000
 
-    def chunk(self, usage_type: str) -> int:
+    def base(self, usage_type: str) -> int:
         return self.chunk_us if usage_type in TIME_USAGE_TYPES else self.chunk_count
+
+    def chunk(self, usage_type: str, headroom: int | None) -> int:
+        """What to ask for, given what the user's month has left for anyone (None: not known yet)."""
+        base = self.base(usage_type)
+        if headroom is None:
+            return base
+        most = max(self.max_chunk_us if usage_type in TIME_USAGE_TYPES else self.max_chunk_count, base)
+        return min(max(headroom // CHUNK_SHARE_OF_HEADROOM, base), most)
 
 
 @dataclass
@@ -42,6 +58,7 @@ class _Allowance:
     limit: int
     granted: int = 0
     others: int = 0  # what the user's other calls and past use took, as of the last look at the ledger
+    headroom: int | None = None  # what the month had left for anyone (not reserved), as of that look
     exhausted: bool = False  # the last reservation got nothing
     warned: set[str] = field(default_factory=set)
 
@@ -85,7 +102,7 @@ class QuotaGuard:
             consumed = self._consumed(samples)
             for usage_type, allowance in list(self._allowances.items()):
                 used_now = consumed.get(usage_type, 0)
-                if allowance.granted - used_now < self._policy.chunk(usage_type) // 2 and not allowance.exhausted:
+                if allowance.granted - used_now < self._policy.base(usage_type) // 2 and not allowance.exhausted:
                     await self._reserve(usage_type, allowance, used_now)
                 self._warn(usage_type, allowance, used_now)
                 if allowance.exhausted and used_now >= allowance.granted:
@@ -104,7 +121,8 @@ class QuotaGuard:
 
     async def _reserve(self, usage_type: str, allowance: _Allowance, used_now: int) -> None:
         try:
-            granted = await self._quotas.reserve(self._session_id, self._user_id, usage_type, self._policy.chunk(usage_type))
+            chunk = self._policy.chunk(usage_type, allowance.headroom)
+            granted = await self._quotas.reserve(self._session_id, self._user_id, usage_type, chunk)
             period = await self._usage.period_usage(self._user_id)
         except Exception as exc:  # the database is away: the call goes on, we try again next check
             log.warning("quota reservation for %s failed: %s", self._session_id, exc)
@@ -115,6 +133,7 @@ class QuotaGuard:
         if row is not None:
             # The ledger's used + reserved holds all we were granted: the rest is everyone else's.
             allowance.others = max(row.used + row.reserved - allowance.granted, 0)
+            allowance.headroom = row.remaining
 
     def _warn(self, usage_type: str, allowance: _Allowance, used_now: int) -> None:
         remaining = allowance.remaining(used_now)

@@ -154,7 +154,10 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
 
     def accounting(registry: CallRegistry) -> Accounting:
         flusher = UsageFlusher(registry.live_calls, app[keys.USAGE], app[keys.SESSIONS], app[keys.QUOTAS])
-        policy = QuotaPolicy(chunk_us=round(settings.quota_chunk_seconds * 1_000_000))
+        policy = QuotaPolicy(
+            chunk_us=round(settings.quota_chunk_seconds * 1_000_000),
+            max_chunk_us=round(settings.quota_chunk_max_seconds * 1_000_000),
+        )
         return Accounting(
             flusher,
             app[keys.QUOTAS],

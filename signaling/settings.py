@@ -88,6 +88,7 @@ class Settings:
     # Stable across restarts on one host and port, so a restarted node ends the calls it owned.
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     quota_chunk_seconds: float = 5.0
+    quota_chunk_max_seconds: float = 60.0  # a chunk grows to this while the month has plenty left
     avatar_cost_per_minute: Decimal = Decimal("1.00")  # quota_cost of a minute of avatar video
     node_stale_seconds: float = 15.0
     pipeline: str = "voice"  # what every call does with its media (media/pipelines.py)
@@ -118,6 +119,7 @@ class Settings:
             port=port,
             node_id=environ.get("NODE_ID") or default_node_id(port),  # run.py names the port it bound
             quota_chunk_seconds=float(environ.get("QUOTA_CHUNK_SECONDS", defaults.quota_chunk_seconds)),
+            quota_chunk_max_seconds=float(environ.get("QUOTA_CHUNK_MAX_SECONDS", defaults.quota_chunk_max_seconds)),
             avatar_cost_per_minute=Decimal(environ.get("AVATAR_COST_PER_MINUTE", str(defaults.avatar_cost_per_minute))),
             node_stale_seconds=float(environ.get("NODE_STALE_SECONDS", defaults.node_stale_seconds)),
             dev_mode=_flag(environ.get("DEV_MODE")),

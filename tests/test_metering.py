@@ -204,6 +204,45 @@ async def test_quota_runs_out_mid_call(database: Database, tmp_path, http: aioht
         await runner.cleanup()
 
 
+async def test_chunks_grow_far_from_the_limit_and_stay_small_near_it(  # type: ignore[no-untyped-def]
+    database: Database, tmp_path, http: aiohttp.ClientSession
+) -> None:
+    settings = server_settings(database, tmp_path, quota_chunk_seconds=1.0, quota_chunk_max_seconds=30.0)
+    runner, server = await start_server(settings)
+    far, near = f"far-{uuid.uuid4().hex[:6]}", f"near-{uuid.uuid4().hex[:6]}"
+    clients = []
+    try:
+        for user, limit in ((far, 3600), (near, 8)):
+            assert (await admin_set(http, server, user, {"mic_audio_seconds": limit})).status == 200
+            client = RtcClient(server.base_url, server.token(user), source=PcmSourceTrack(sine(500, 60)))
+            await client.create_session(http)
+            await client.connect(http)
+            clients.append(client)
+        await asyncio.sleep(3.0)
+        granted, used = {}, {}
+        for client in clients:
+            # One statement, one snapshot: a flush turns held into used, in one transaction.
+            row = await database.pool.fetchrow(
+                """
+                select q.reserved, coalesce(m.amount, 0) as used from quota_reservations q
+                left join session_meters m on m.session_id = q.session_id and m.meter = 'mic'
+                where q.session_id = $1 and q.usage_type = 'mic_audio_seconds'
+                """,
+                uuid.UUID(client.session_id),
+            )
+            granted[client.session_id], used[client.session_id] = row["reserved"] + row["used"], row["used"]
+        far_call, near_call = (client.session_id for client in clients)
+        assert used[far_call] >= 2_000_000 and used[near_call] >= 2_000_000
+        # Far: the base chunk first (nothing known of the month), then a tenth of what is left, capped at 30 s.
+        assert granted[far_call] == 31_000_000
+        # Near: a tenth of what is left is below the base, so 1 s at a time, just ahead of what is used.
+        assert used[near_call] <= granted[near_call] <= used[near_call] + 2_000_000
+    finally:
+        for client in clients:
+            await client.close()
+        await runner.cleanup()
+
+
 async def test_database_outage_loses_nothing(tmp_path, http: aiohttp.ClientSession) -> None:  # type: ignore[no-untyped-def]
     from storage.database import open_database
     from storage.embedded import EmbeddedPostgres
