@@ -24,7 +24,8 @@ from agent_bridge.local_agent import LocalAgent
 from agent_bridge.piper_tts import PiperTextToSpeech
 from agent_bridge.registry import Engines, build_engines
 from agent_bridge.sentences import SentenceSplitter, split_sentences
-from agent_bridge.whisper_stt import WhisperSpeechToText, clean_transcript
+from agent_bridge.whisper_stt import WhisperSpeechToText
+from agent_bridge.whisper_text import clean_transcript
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent_bridge.whisper_stt import WhisperSpeechToText, _prompt, bundled_model_path, clean_transcript, shared_model
+from agent_bridge.whisper_stt import (
+    WhisperSpeechToText,
+    _prompt,
+    bundled_model_path,
+    shared_model,
+)
+from agent_bridge.whisper_text import clean_transcript
 from agent_bridge.whisper_window import (
     MAX_AUDIO_SAMPLES,
     MAX_FRAMES,
