@@ -8,30 +8,17 @@ plus a small anti-aliased mouth painted into its bounding box, in RGB or straigh
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
 from agent_bridge.interfaces import AvatarChoice
+from agent_bridge.yuv import yuv420p, yuv_of
 
 RGB = tuple[int, int, int]
 RENDERED_AVATAR_ID = "rendered-default"  # the one face this renderer draws
 STATES = ("speaking", "listening", "idle")
 
-# BT.601 limited range, the matrix libswscale uses for rgb24 -> yuv420p by default.
-_RGB_TO_YUV = np.array(
-    [
-        [0.256788, 0.504129, 0.097906],
-        [-0.148223, -0.290993, 0.439216],
-        [0.439216, -0.367788, -0.071427],
-    ],
-    dtype=np.float32,
-)
-# Chroma for a 2x2 block from its two row-summed pixels laid side by side (r0 g0 b0 r1 g1 b1):
-# averaging and converting in one small matmul.
-_CHROMA_FROM_PAIRS = np.ascontiguousarray(np.vstack([_RGB_TO_YUV[1:].T] * 2).T * 0.25)
-_SCRATCH_BYTES = 120 * 1024
 
 # Blink schedule: one blink per 4 s slot, starting 1-2 s into it, so gaps vary between 3 and 5 s.
 _BLINK_SLOT_S = 4.0
@@ -63,34 +50,6 @@ class AvatarLook:
         # YUV420p subsamples chroma 2x2, so both sides must be even.
         if self.width < 32 or self.height < 32 or self.width % 2 or self.height % 2:
             raise ValueError(f"avatar size must be even and at least 32x32, got {self.width}x{self.height}")
-
-
-def yuv420p(frame_rgb: np.ndarray) -> np.ndarray:
-    """RGB (h, w, 3) uint8 -> planar YUV420p (h*3//2, w) uint8, the layout av.VideoFrame.from_ndarray takes."""
-    height, width, _ = frame_rgb.shape
-    out = np.empty((height * 3 // 2, width), dtype=np.uint8)
-    luma_out = out[:height]
-    u_out, v_out = out[height:].reshape(2, height // 2, width // 2)
-    # Work in bands whose float32 scratch stays under glibc's 128 KiB mmap threshold: a whole
-    # 320x240 frame at once costs ~5x more in fresh-page faults than in arithmetic.
-    band = max(2, (_SCRATCH_BYTES // (width * 12)) & ~1)
-    for top in range(0, height, band):
-        rows = min(band, height - top)
-        pixels = frame_rgb[top : top + rows].reshape(-1, 3).astype(np.float32)
-        luma = pixels @ _RGB_TO_YUV[0]
-        luma += 16.5  # +0.5 turns the truncating uint8 store into rounding
-        luma_out[top : top + rows] = luma.reshape(rows, width)
-        pair_rows = pixels.reshape(rows // 2, 2, width * 3)
-        pairs = (pair_rows[:, 0] + pair_rows[:, 1]).reshape(-1, 6)
-        chroma = (pairs @ _CHROMA_FROM_PAIRS.T).reshape(rows // 2, width // 2, 2)
-        chroma += 128.5
-        u_out[top // 2 : (top + rows) // 2] = chroma[..., 0]
-        v_out[top // 2 : (top + rows) // 2] = chroma[..., 1]
-    return out
-
-
-def _yuv_of(colour: RGB) -> np.ndarray:
-    return _RGB_TO_YUV @ np.asarray(colour, dtype=np.float32) + np.array([16.0, 128.0, 128.0], np.float32)
 
 
 def _shade(colour: RGB, amount: float) -> np.ndarray:
@@ -154,8 +113,8 @@ class RenderedAvatar:
         self._mouth_lift = 6 * s
         self._mouth_colour = np.asarray(look.mouth, np.float32)
         self._tongue_colour = np.asarray(look.tongue, np.float32)
-        self._mouth_yuv = _yuv_of(look.mouth)
-        self._tongue_yuv = _yuv_of(look.tongue)
+        self._mouth_yuv = yuv_of(look.mouth)
+        self._tongue_yuv = yuv_of(look.tongue)
 
     # Static painting, constructor only.
 
@@ -310,59 +269,3 @@ class RenderedAvatar:
             plane = planes[i - 1, cy0 : cy0 + ch, cx0 : cx0 + cw]
             plane[...] = plane * keep + wm * self._mouth_yuv[i] + wt * self._tongue_yuv[i] + 0.5
         return out
-
-
-class MouthFollower:
-    """Mouth openness from outgoing speech: RMS of the last ~40 ms, fast attack, slower release.
-
-    Fed with the int16 mono PCM exactly as it is sent, so the mouth moves with what the far end hears.
-    """
-
-    def __init__(
-        self,
-        sample_rate: int = 48000,
-        window_ms: float = 40.0,
-        attack_ms: float = 15.0,
-        release_ms: float = 50.0,
-        floor_rms: float = 300.0,
-        full_rms: float = 5000.0,
-    ) -> None:
-        self.sample_rate = sample_rate
-        self._window = max(1, int(sample_rate * window_ms / 1000.0))
-        self._attack_s = attack_ms / 1000.0
-        self._release_s = release_ms / 1000.0
-        # Loudness is perceived in dB, so openness is linear in dB between floor and full.
-        self._floor_db = 20.0 * math.log10(floor_rms)
-        self._span_db = 20.0 * math.log10(full_rms) - self._floor_db
-        self._chunks: deque[tuple[float, int]] = deque()  # (sum of squares, samples) per push
-        self._count = 0
-        self._value = 0.0
-
-    def reset(self) -> None:
-        """Close the mouth at once, e.g. when speech is cut off by barge-in."""
-        self._chunks.clear()
-        self._count = 0
-        self._value = 0.0
-
-    def push(self, samples: np.ndarray) -> None:
-        n = samples.size
-        if n == 0:
-            return
-        x = samples.reshape(-1).astype(np.float32)
-        energy = float(np.dot(x, x))
-        self._chunks.append((energy, n))
-        self._count += n
-        # Drop whole chunks while the rest still covers the window.
-        while self._count - self._chunks[0][1] >= self._window:
-            self._count -= self._chunks.popleft()[1]
-        # Re-summing the two or three chunks left beats a running total that drifts.
-        rms = math.sqrt(sum(chunk[0] for chunk in self._chunks) / self._count)
-        target = 0.0 if rms <= 1.0 else (20.0 * math.log10(rms) - self._floor_db) / self._span_db
-        target = min(max(target, 0.0), 1.0)
-        tau = self._attack_s if target > self._value else self._release_s
-        self._value += (target - self._value) * (1.0 - math.exp(-(n / self.sample_rate) / tau))
-        if self._value < 0.02:  # snap shut rather than hover a hair open
-            self._value = 0.0
-
-    def openness(self) -> float:
-        return self._value

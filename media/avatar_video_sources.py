@@ -10,7 +10,8 @@ import asyncio
 
 import av
 import numpy as np
-from agent_bridge.rendered_avatar import MouthFollower, RenderedAvatar
+from agent_bridge.mouth_follower import MouthFollower
+from agent_bridge.rendered_avatar import RenderedAvatar
 
 from media.meters import VideoMeter
 from media.pacing import FramePacer

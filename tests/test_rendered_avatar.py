@@ -8,13 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from agent_bridge.rendered_avatar import (
-    STATES,
-    AvatarLook,
-    MouthFollower,
-    RenderedAvatar,
-    yuv420p,
-)
+from agent_bridge.mouth_follower import MouthFollower
+from agent_bridge.rendered_avatar import STATES, AvatarLook, RenderedAvatar
+from agent_bridge.yuv import yuv420p
 
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms
