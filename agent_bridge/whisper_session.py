@@ -14,13 +14,13 @@ from agent_bridge.interfaces import (
     SpeechToTextSession,
     Transcript,
 )
+from agent_bridge.whisper_window import SAMPLE_RATE
 
 if TYPE_CHECKING:
     from agent_bridge.whisper_stt import WhisperSpeechToText
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 MIN_TURN_SAMPLES = SAMPLE_RATE // 5  # under 0.2 s nothing intelligible was said
 INTERIM_EVERY_SAMPLES = SAMPLE_RATE * 8 // 10  # re-transcribe the growing turn every 0.8 s of audio
 

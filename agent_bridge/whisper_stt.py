@@ -30,9 +30,9 @@ from agent_bridge.interfaces import (
     InterimCallback,
     SpeechToText,
 )
-from agent_bridge.whisper_session import MIN_TURN_SAMPLES, SAMPLE_RATE, WhisperSession
+from agent_bridge.whisper_session import MIN_TURN_SAMPLES, WhisperSession
 from agent_bridge.whisper_text import clean_transcript
-from agent_bridge.whisper_window import MAX_AUDIO_SAMPLES, transcribe_window
+from agent_bridge.whisper_window import MAX_AUDIO_SAMPLES, SAMPLE_RATE, transcribe_window
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
