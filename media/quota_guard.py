@@ -41,15 +41,17 @@ class QuotaPolicy:
     max_chunk_us: int = 60_000_000  # the most a chunk grows to, far from the limit
     max_chunk_count: int = 6_000
 
-    def base(self, usage_type: str) -> int:
-        return self.chunk_us if usage_type in TIME_USAGE_TYPES else self.chunk_count
+    def bounds(self, usage_type: str) -> tuple[int, int]:
+        """The base chunk and the most a chunk grows to, for this type."""
+        if usage_type in TIME_USAGE_TYPES:
+            return self.chunk_us, max(self.max_chunk_us, self.chunk_us)
+        return self.chunk_count, max(self.max_chunk_count, self.chunk_count)
 
     def chunk(self, usage_type: str, headroom: int | None) -> int:
         """What to ask for, given what the user's month has left for anyone (None: not known yet)."""
-        base = self.base(usage_type)
+        base, most = self.bounds(usage_type)
         if headroom is None:
             return base
-        most = max(self.max_chunk_us if usage_type in TIME_USAGE_TYPES else self.max_chunk_count, base)
         return min(max(headroom // CHUNK_SHARE_OF_HEADROOM, base), most)
 
 
@@ -102,7 +104,8 @@ class QuotaGuard:
             consumed = self._consumed(samples)
             for usage_type, allowance in list(self._allowances.items()):
                 used_now = consumed.get(usage_type, 0)
-                if allowance.granted - used_now < self._policy.base(usage_type) // 2 and not allowance.exhausted:
+                base_chunk, _ = self._policy.bounds(usage_type)
+                if allowance.granted - used_now < base_chunk // 2 and not allowance.exhausted:
                     await self._reserve(usage_type, allowance, used_now)
                 self._warn(usage_type, allowance, used_now)
                 if allowance.exhausted and used_now >= allowance.granted:
