@@ -2,8 +2,8 @@
 
 The run goes through the graph media.vad_graph rebuilds from the shipped model: every layer one matrix
 product over all the waiting windows, and the LSTM with the streams as its batch, each stream with its
-own state (h, c of shape [1, streams, 128]). A window costs ~21 us in a run of 16 (the shipped graph:
-~115 us alone). Every stream's probabilities agree with its own run of the shipped graph to ~1e-6, and
+own state (h, c of shape [1, streams, 128]). A window costs ~18 us in a run of 16 (the shipped graph:
+~91 us alone; bench/vad_cost.py). Every stream's probabilities agree with its own run of the shipped graph to ~1e-6, and
 do not depend on which streams share a run (tests/test_vad_graph.py, tests/test_vad_batch.py).
 
 A stream's completed windows wait for the next run: at most BATCH_WAIT_S, once a window is waiting.

@@ -13,8 +13,8 @@ weights, a graph that computes the same function for a batch of streams, one win
   [1, streams, 128]).
 
 The sums run in another order than the shipped graph's, so probabilities agree with it to about
-1e-6, not bit for bit (tests/test_vad_graph.py). In runs of 16 windows a window costs ~21 us,
-against ~75 us through the shipped layers batched the same way.
+1e-6, not bit for bit (tests/test_vad_graph.py). In runs of 16 windows a window costs ~18 us,
+against ~57 us through the shipped layers batched the same way (bench/vad_cost.py).
 
 Any file not shaped as this expects (layers, kernel sizes, strides, padding, the magnitude's split)
 is refused rather than misread.
