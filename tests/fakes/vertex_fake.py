@@ -227,6 +227,8 @@ class VertexFake:
             await response.write_eof()
             record.completed = True
             return response
+        except ConnectionResetError:
+            return response  # the client went away mid-answer (a barge-in cancels its stream): not completed
         finally:
             record.ended = time.monotonic()
             record.done.set()
