@@ -34,6 +34,8 @@ class FrameClock:
         self._timer: asyncio.TimerHandle | None = None
         self._schedule = FrameSchedule(interval_s)
         self._ticks = 0
+        # Called once a tick, after every stream has sent (the moment with the most room before the next).
+        self.after_tick: Callable[[], None] | None = None
 
     def add(self, on_tick: Callable[[], None]) -> int:
         """Start calling `on_tick` every tick; returns the id to remove it with."""
@@ -73,6 +75,11 @@ class FrameClock:
             return
         self._ticks += 1
         self._timer = self._loop.call_at(self._schedule.due(self._ticks, self._loop.time()), self._tick)
+        if self.after_tick is not None:
+            try:
+                self.after_tick()
+            except Exception:
+                log.exception("the clock's after-tick hook failed")
 
 
 def frame_clock() -> FrameClock:

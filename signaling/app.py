@@ -17,6 +17,8 @@ from media.aiortc_internals import check_aiortc
 from media.avatar_service import AvatarService
 from media.call_accounting import Accounting
 from media.calls import CallRegistry
+from media.frame_clock import frame_clock
+from media.full_collections import FullCollections
 from media.pipelines import start_pipelines
 from media.quota_guard import QuotaPolicy
 from media.turn_detector import TurnConfig
@@ -103,6 +105,7 @@ def build_app(settings: Settings) -> web.Application:
     if settings.dev_mode:
         app.add_routes(dev_routes)
     app.router.add_static("/static/", STATIC_DIR)
+    app.cleanup_ctx.append(_full_collections)
     app.cleanup_ctx.append(_storage_and_calls)
     install_metrics(app)  # after storage and calls: it hooks into them
     install_openapi(app)  # GET /api/v1/openapi.json, GET /docs
@@ -110,6 +113,16 @@ def build_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_end_calls)
     app.on_shutdown.append(_close_websockets)
     return app
+
+
+async def _full_collections(app: web.Application) -> AsyncIterator[None]:
+    """Full garbage collections right after the 20 ms clock's ticks (media/full_collections.py)."""
+    collections = FullCollections(asyncio.get_running_loop(), frame_clock())
+    collections.install()
+    try:
+        yield
+    finally:
+        collections.uninstall()
 
 
 async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:

@@ -1,0 +1,131 @@
+"""Full garbage collections (media.full_collections): CPython's own are off while it holds the
+thresholds; one runs when CPython's rule says it is due, right after the clock's tick (or on the idle
+timer with no stream on the clock), and it collects what a full collection must."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import weakref
+
+from media.frame_clock import FrameClock
+from media.full_collections import FullCollections
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def old_garbage_cycle() -> weakref.ref[Cycle]:
+    """A reference cycle that sits in the oldest generation when it becomes garbage."""
+    cycle = Cycle()
+    gc.collect(1)
+    gc.collect(1)  # survived twice: now in generation 2, where only a full collection looks
+    ref = weakref.ref(cycle)
+    del cycle
+    return ref
+
+
+def make_due(collections: FullCollections) -> None:
+    """Middle-generation collections past CPython's threshold, none of which sees the old cycle."""
+    while not collections.due:
+        gc.collect(1)
+
+
+def in_after_tick() -> bool:
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == "_after_tick" and frame.f_code.co_filename.endswith("full_collections.py"):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+async def test_cpython_full_collections_are_off_while_held_and_restored_after() -> None:
+    loop = asyncio.get_running_loop()
+    before = gc.get_threshold()
+    first = FullCollections(loop, FrameClock(loop))
+    second = FullCollections(loop, FrameClock(loop))
+    assert first.install()
+    try:
+        assert gc.get_threshold()[:2] == before[:2] and gc.get_threshold()[2] > 1_000_000
+        assert not second.install()  # one holder a process: the second leaves them to the first
+        second.uninstall()
+        assert gc.get_threshold()[2] > 1_000_000
+        ref = old_garbage_cycle()
+        for _ in range(3 * before[2]):  # far past CPython's own rule: still nobody collects it
+            gc.collect(1)
+        assert ref() is not None
+    finally:
+        first.uninstall()
+    assert gc.get_threshold() == before
+    gc.collect()
+    assert ref() is None
+
+
+async def test_a_due_full_collection_runs_right_after_a_tick() -> None:
+    loop = asyncio.get_running_loop()
+    clock = FrameClock(loop)
+    collections = FullCollections(loop, clock, idle_check_s=60)
+    ticks: list[float] = []
+    started_in_hook: list[tuple[int, bool]] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2:
+            started_in_hook.append((len(ticks), in_after_tick()))
+
+    gc.collect()
+    assert collections.install()
+    stream = clock.add(lambda: ticks.append(loop.time()))
+    gc.callbacks.append(on_gc)
+    try:
+        await asyncio.sleep(0.1)
+        assert len(ticks) >= 3 and collections.collections == 0  # not due: ticks alone collect nothing
+        ref = old_garbage_cycle()
+        make_due(collections)
+        assert ref() is not None
+        await asyncio.sleep(0.1)
+        assert ref() is None and collections.collections == 1 and not collections.due
+        assert started_in_hook and all(in_hook for _, in_hook in started_in_hook)
+        assert started_in_hook[0][0] >= 4  # after the tick that sent this stream's frame
+    finally:
+        gc.callbacks.remove(on_gc)
+        clock.remove(stream)
+        collections.uninstall()
+
+
+async def test_with_no_stream_on_the_clock_the_idle_timer_collects() -> None:
+    loop = asyncio.get_running_loop()
+    clock = FrameClock(loop)
+    collections = FullCollections(loop, clock, idle_check_s=0.02)
+    gc.collect()
+    assert collections.install()
+    try:
+        ref = old_garbage_cycle()
+        make_due(collections)
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if ref() is None:
+                break
+        assert ref() is None and collections.collections == 1 and len(clock) == 0
+    finally:
+        collections.uninstall()
+
+
+async def test_a_failing_after_tick_hook_does_not_stop_the_clock() -> None:
+    loop = asyncio.get_running_loop()
+    clock = FrameClock(loop)
+    ticks: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("hook failed")
+
+    clock.after_tick = broken
+    stream = clock.add(lambda: ticks.append(1))
+    try:
+        await asyncio.sleep(0.1)
+        assert len(ticks) >= 3
+    finally:
+        clock.remove(stream)
