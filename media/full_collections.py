@@ -27,6 +27,11 @@ _NEVER = 1 << 30
 _holder: FullCollections | None = None
 
 
+def holder() -> FullCollections | None:
+    """The FullCollections that holds the process's thresholds now, if any."""
+    return _holder
+
+
 class FullCollections:
     """Runs generation-2 collections after the clock's ticks (or on a timer when it is idle)."""
 
