@@ -1,7 +1,7 @@
 """Full garbage collections between two frames, not in the middle of one.
 
 CPython starts a full (generation 2) collection from inside whatever allocation tips its counters,
-about once a minute under load. At ~80 calls one walks ~56,000 objects and holds the loop for 20-34 ms;
+about once a minute under load. At ~80 calls one walks ~56,000 objects and holds the loop for 20-38 ms;
 landing just before a frame is due, with the packets that queue behind it, it stopped the loop for
 65-93 ms, past the 20 ms clock's 60 ms limit, and the frames of the stall were never sent.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 
 from media.frame_clock import FrameClock
 
@@ -42,11 +41,6 @@ class FullCollections:
         self._thresholds: tuple[int, int, int] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self.collections = 0
-        self.longest_s = 0.0
-
-    @property
-    def installed(self) -> bool:
-        return self._thresholds is not None
 
     def install(self) -> bool:
         """Take full collections over from CPython; False when another holds them already (idempotent)."""
@@ -92,7 +86,5 @@ class FullCollections:
             self._collect()
 
     def _collect(self) -> None:
-        started = time.perf_counter()
         gc.collect(2)
         self.collections += 1
-        self.longest_s = max(self.longest_s, time.perf_counter() - started)

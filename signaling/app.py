@@ -117,12 +117,12 @@ def build_app(settings: Settings) -> web.Application:
 
 async def _full_collections(app: web.Application) -> AsyncIterator[None]:
     """Full garbage collections right after the 20 ms clock's ticks (media/full_collections.py)."""
-    collections = FullCollections(asyncio.get_running_loop(), frame_clock())
-    collections.install()
+    full = FullCollections(asyncio.get_running_loop(), frame_clock())
+    full.install()
     try:
         yield
     finally:
-        collections.uninstall()
+        full.uninstall()
 
 
 async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
