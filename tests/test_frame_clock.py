@@ -98,3 +98,27 @@ def test_the_timer_stops_with_the_last_stream_and_a_failing_stream_spares_the_ot
     own.append(clock.add(lambda: clock.remove(own[0])))
     loop.fire()
     assert loop.pending() == []
+
+
+def test_a_hook_that_overran_the_next_tick_has_it_run_at_once_and_only_a_long_hook_does() -> None:
+    loop = FakeLoop()
+    clock = FrameClock(loop, monotonic=loop.time)  # type: ignore[arg-type]
+    ticks: list[float] = []
+    hook_s = [0.0]
+
+    def hook() -> None:  # the loop's time moves as a collection of hook_s would move it
+        loop.now += hook_s[0]
+        hook_s[0] = 0.0
+
+    clock.after_tick = hook
+    clock.add(lambda: ticks.append(loop.now))
+    loop.fire()
+    hook_s[0] = 0.03
+    loop.fire()  # its hook ran 30 ms: the next tick, due 10 ms before the hook ended, runs in this call
+    assert ticks == pytest.approx([100.02, 100.04, 100.07]) and clock.caught_up == 1
+    assert loop.pending()[0].when == pytest.approx(100.08)  # the grid holds
+    loop.fire(late_by=0.015)  # a busy loop: late, with a short hook that ends past the next tick
+    hook_s[0] = 0.006
+    loop.fire(late_by=0.018)
+    assert len(ticks) == 5 and clock.caught_up == 1  # left to the timer: no ticks back to back
+    assert clock.reanchored == 0

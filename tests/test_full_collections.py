@@ -1,12 +1,15 @@
 """Full garbage collections (media.full_collections): CPython's own are off while it holds the
-thresholds; one runs when CPython's rule says it is due, right after the clock's tick (or on the idle
-timer with no stream on the clock), and it collects what a full collection must."""
+thresholds; one runs when CPython's rule says it is due (enough middle-generation collections, and the
+oldest generation grown by a quarter), right after the clock's tick (or on the idle timer with no
+stream on the clock), it collects what a full collection must, and the clock's next frame goes out as
+soon as it ends."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import sys
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -44,10 +47,23 @@ def old_garbage_cycle() -> weakref.ref[Cycle]:
     return ref
 
 
-def make_due(collections: FullCollections) -> None:
-    """Middle-generation collections past CPython's threshold, none of which sees the old cycle."""
-    while not collections.due:
+def grow_oldest_generation() -> list[list[int]]:
+    """New long-lived objects: a third more than the oldest generation holds, moved into it."""
+    kept = [[] for _ in range(len(gc.get_objects(generation=2)) // 3 + 1000)]
+    gc.collect(1)
+    gc.collect(1)
+    return kept
+
+
+def make_due(collections: FullCollections) -> list[list[int]]:
+    """Middle-generation collections past CPython's threshold, none of which sees the old cycle, and the
+    oldest generation grown past a quarter (keep what this returns until the collection)."""
+    kept = grow_oldest_generation()
+    for _ in range(1000):
+        if collections.due:
+            return kept
         gc.collect(1)
+    raise AssertionError("never due")
 
 
 def in_after_tick() -> bool:
@@ -100,12 +116,13 @@ async def test_a_due_full_collection_runs_right_after_a_tick() -> None:
         await asyncio.sleep(0.1)
         assert len(ticks) >= 3 and collections.collections == 0  # not due: ticks alone collect nothing
         ref = old_garbage_cycle()
-        make_due(collections)
+        kept = make_due(collections)
         assert ref() is not None
         await asyncio.sleep(0.1)
         assert ref() is None and collections.collections == 1 and not collections.due
         assert started_in_hook and all(in_hook for _, in_hook in started_in_hook)
         assert started_in_hook[0][0] >= 4  # after the tick that sent this stream's frame
+        del kept
     finally:
         gc.callbacks.remove(on_gc)
         clock.remove(stream)
@@ -120,12 +137,13 @@ async def test_with_no_stream_on_the_clock_the_idle_timer_collects() -> None:
     assert collections.install()
     try:
         ref = old_garbage_cycle()
-        make_due(collections)
+        kept = make_due(collections)
         for _ in range(50):
             await asyncio.sleep(0.02)
             if ref() is None:
                 break
         assert ref() is None and collections.collections == 1 and len(clock) == 0
+        del kept
     finally:
         collections.uninstall()
 
@@ -145,3 +163,50 @@ async def test_a_failing_after_tick_hook_does_not_stop_the_clock() -> None:
         assert len(ticks) >= 3
     finally:
         clock.remove(stream)
+
+
+async def test_without_growth_of_the_oldest_generation_no_full_collection_is_due() -> None:
+    loop = asyncio.get_running_loop()
+    collections = FullCollections(loop, FrameClock(loop), idle_check_s=60)
+    gc.collect()
+    assert collections.install()
+    try:
+        threshold = gc.get_threshold()
+        for _ in range(3 * 10 + 5):  # far past CPython's count of middle-generation collections
+            gc.collect(1)
+        assert gc.get_count()[2] > 30 and not collections.due  # nothing grew: nothing to free
+        ref = old_garbage_cycle()  # a little cyclic garbage is not a quarter of the generation
+        gc.collect(1)
+        assert not collections.due and ref() is not None
+        kept = grow_oldest_generation()  # a third more long-lived objects
+        assert collections.due
+        collections._after_tick()
+        assert collections.collections == 1 and ref() is None and not collections.due
+        assert gc.get_threshold() == threshold
+        del kept
+    finally:
+        collections.uninstall()
+
+
+async def test_the_tick_after_a_long_collection_goes_out_as_soon_as_it_ends() -> None:
+    loop = asyncio.get_running_loop()
+    clock = FrameClock(loop)
+    order: list[str] = []
+    hooks = 0
+
+    def slow_hook() -> None:  # what a 30 ms full collection does to the loop
+        nonlocal hooks
+        hooks += 1
+        if hooks == 3:
+            loop.call_soon(order.append, "packet queued during the hook")
+            time.sleep(0.03)
+
+    clock.after_tick = slow_hook
+    stream = clock.add(lambda: order.append("tick"))
+    try:
+        await asyncio.sleep(0.15)
+    finally:
+        clock.remove(stream)
+    queued = order.index("packet queued during the hook")
+    assert order[:queued] == ["tick"] * 4  # the 4th tick was sent before the callback that queued
+    assert clock.caught_up == 1 and clock.reanchored == 0
