@@ -9,6 +9,8 @@ The voice pipeline (the speech carries the marker tones the cloud speech fake he
   listening  the bot listens: the sentences, looped without a gap, so the caller talks all the time
              (a pause between sentences that ends a turn gets an answer, cut short as speech resumes)
   muted      the caller's microphone is muted: digital silence, and the bot has nothing to answer
+A server whose answer carries Opus's maxplaybackrate (the voice pipeline's 16 kHz) gets what a browser
+then sends: the same audio encoded no wider than that (libwebrtc caps its encoder's bandwidth by it).
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ def speech_samples() -> np.ndarray:
     return np.concatenate(out).astype(np.int16)
 
 
-def opus_packets(samples: np.ndarray) -> list[bytes]:
-    """One Opus payload per 20 ms: the same settings the server sends with (32 kb/s mono, VoIP)."""
+# maxplaybackrate -> the widest audio band worth encoding (FFmpeg's libopus "cutoff", in Hz), as libwebrtc maps it
+_CUTOFFS = ((8_000, "4000"), (12_000, "6000"), (16_000, "8000"), (24_000, "12000"))
+
+
+def opus_packets(samples: np.ndarray, max_playback_hz: int | None = None) -> list[bytes]:
+    """One Opus payload per 20 ms: the same settings the server sends with (32 kb/s mono, VoIP), no
+    wider than the receiver's `max_playback_hz` asks."""
     codec = av.CodecContext.create("libopus", "w")
     codec.bit_rate = 32_000
     codec.format = "s16"
@@ -52,6 +59,9 @@ def opus_packets(samples: np.ndarray) -> list[bytes]:
     codec.sample_rate = RATE
     codec.time_base = TIME_BASE
     codec.options = {"application": "voip"}
+    cutoff = next((band for rate, band in _CUTOFFS if max_playback_hz is not None and max_playback_hz <= rate), None)
+    if cutoff is not None:
+        codec.options = {"application": "voip", "cutoff": cutoff}
     packets: list[bytes] = []
     usable = samples[: samples.size // FRAME * FRAME]
     for index, chunk in enumerate(usable.reshape(-1, FRAME)):
@@ -69,17 +79,17 @@ QUIET_AFTER_QUESTION_S = 8.0
 MODES = ("speaking", "listening", "muted")
 
 
-def clip(mode: str, *, voice: bool = False) -> list[bytes]:
+def clip(mode: str, *, voice: bool = False, max_playback_hz: int | None = None) -> list[bytes]:
     """The packets a call loops over, for `mode` (see the module's docstring)."""
     if mode == "muted" or (mode == "listening" and not voice):
-        return opus_packets(np.zeros(RATE * 2, np.int16))
+        return opus_packets(np.zeros(RATE * 2, np.int16), max_playback_hz)
     if mode == "speaking" and not voice:
-        return opus_packets(speech_samples())
+        return opus_packets(speech_samples(), max_playback_hz)
     from bench.cloud_fakes import marked  # the fakes' packages, only when asked for
 
     if mode == "speaking":
         question = marked(speech_samples()[: int(RATE * QUESTION_S)])
-        return opus_packets(np.concatenate([question, np.zeros(int(RATE * QUIET_AFTER_QUESTION_S), np.int16)]))
+        return opus_packets(np.concatenate([question, np.zeros(int(RATE * QUIET_AFTER_QUESTION_S), np.int16)]), max_playback_hz)
     if mode == "listening":
-        return opus_packets(marked(speech_samples()))
+        return opus_packets(marked(speech_samples()), max_playback_hz)
     raise ValueError(f"unknown mode {mode!r}")

@@ -6,7 +6,7 @@ keys, a sendrecv audio transceiver); its media then bypass aiortc (bench/load_rt
 packets are built and SRTP-protected by hand and sent for every call from one 20 ms clock, and inbound
 RTP is timed and counted from its clear header as it comes off the socket, never unprotected or decoded.
 aiortc still answers ICE consent checks and exchanges RTCP (the server's receiver reports give
-`inbound_lost`).
+`inbound_lost`). Like a browser, a call encodes no wider than the answer's Opus `maxplaybackrate` asks.
 
 Driven by bench/load.py over stdin/stdout, one JSON object per line:
   out {"type": "ready", "setup": [...], "failed": n}   all calls connected and hearing the server
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from array import array
@@ -32,6 +33,17 @@ from bench.load_audio import MODES, clip
 from bench.load_rtp import FrameClock, IdleTrack, OutboundRtp, connected, tap_inbound_rtp
 
 LATE_MS = 40.0  # beyond the 20 ms cadence
+Clips = dict[int | None, list[bytes]]  # the packets to send, by the answer's maxplaybackrate
+
+
+def max_playback_hz(answer_sdp: str) -> int | None:
+    """The maxplaybackrate an answer gives its Opus payload type, if any."""
+    opus = re.search(r"a=rtpmap:(\d+) opus/48000", answer_sdp, re.IGNORECASE)
+    if opus is None:
+        return None
+    fmtp = re.search(rf"a=fmtp:{opus.group(1)} ([^\r\n]*)", answer_sdp)
+    rate = re.search(r"maxplaybackrate=(\d+)", fmtp.group(1)) if fmtp else None
+    return int(rate.group(1)) if rate else None
 
 
 class Arrivals:
@@ -81,10 +93,10 @@ class Arrivals:
 
 
 class LoadCall:
-    def __init__(self, base_url: str, headers: dict[str, str], packets: list[bytes], clock: FrameClock) -> None:
+    def __init__(self, base_url: str, headers: dict[str, str], clips: Clips, clock: FrameClock) -> None:
         self.base_url = base_url
         self.headers = headers
-        self.packets = packets
+        self.clips = clips
         self.clock = clock
         self.outbound: OutboundRtp | None = None
         self.arrivals = Arrivals()
@@ -113,7 +125,8 @@ class LoadCall:
         self.offer_answer_ms = (time.monotonic() - sent) * 1000
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         await asyncio.wait_for(connected(pc), 20)
-        self.outbound = OutboundRtp(pc, self.packets)
+        hz = max_playback_hz(answer["sdp"])
+        self.outbound = OutboundRtp(pc, self.clips[hz if hz in self.clips else None])
         self.clock.add(self.outbound)
         await asyncio.wait_for(self.arrivals.got_first.wait(), 20)
         assert self.arrivals.first_at is not None
@@ -166,7 +179,8 @@ def emit(message: dict[str, object]) -> None:
 
 
 async def run(url: str, token: str, calls: int, mode: str, voice: bool) -> None:
-    packets = clip(mode, voice=voice)
+    # Encoded before any call starts, so no call's set-up figure pays for it.
+    clips: Clips = {None: clip(mode, voice=voice), 16_000: clip(mode, voice=voice, max_playback_hz=16_000)}
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     loop = asyncio.get_running_loop()
     clock = FrameClock()
@@ -174,7 +188,7 @@ async def run(url: str, token: str, calls: int, mode: str, voice: bool) -> None:
         live: list[LoadCall] = []
         failed = 0
         for _ in range(calls):  # one at a time: each set-up figure is one call's own
-            call = LoadCall(url, headers, packets, clock)
+            call = LoadCall(url, headers, clips, clock)
             try:
                 await call.connect(http)
                 live.append(call)

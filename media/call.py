@@ -23,6 +23,7 @@ from media.call_state import CallState, checked_transition, is_live
 from media.call_usage import CallUsage, MeterSample
 from media.call_watchdog import watch_call
 from media.inbound_audio import InboundAudio
+from media.opus_answer import with_max_playback
 from media.outbound_audio import PacedAudioTrack
 from media.pipeline import CallPipeline, ChatTurn, PipelineContext, PipelineFactory
 from media.audio_jitter import use_prompt_jitter_buffer
@@ -59,6 +60,7 @@ class Call:
         limits: CallLimits,
         on_connected: OnCallEvent,
         on_ended: OnCallEvent,
+        max_playback_hz: int | None = None,
     ) -> None:
         self.session_id = lobby.session_id
         self.user_id = lobby.user_id
@@ -76,6 +78,7 @@ class Call:
         self._inbound: InboundAudio | None = None
         self._ice_servers = ice_servers
         self._pipeline_factory = pipeline_factory
+        self._max_playback_hz = max_playback_hz  # the browser need not encode what the pipeline drops
         self._avatar_factory = avatar_factory
         self._limits = limits
         self._on_connected = on_connected
@@ -128,7 +131,7 @@ class Call:
             if self._closing is not None:
                 raise CallEnded("the session was hung up while its offer was being answered")
             await self._start_media(pc)
-            return pc.localDescription.sdp
+            return with_max_playback(pc.localDescription.sdp, self._max_playback_hz)
 
     async def _start_media(self, pc: RTCPeerConnection) -> None:
         self._accepted = True

@@ -45,10 +45,12 @@ class CallRegistry:
         limits: CallLimits,
         max_calls: int,
         accounting: Callable[[CallRegistry], Accounting],
+        max_playback_hz: int | None = None,
     ) -> None:
         self._ice_servers = ice_servers  # called per call: TURN credentials expire, so each call gets fresh ones
         self.pipeline_factory = pipeline_factory  # public: tests swap in a faulty pipeline
         self._avatar_factory = avatar_factory
+        self._max_playback_hz = max_playback_hz  # the highest audio rate the pipeline hears (None: all)
         self.limits = limits
         self.max_calls = max_calls  # 0 = unlimited
         self._lobbies: dict[str, SessionLobby] = {}
@@ -157,6 +159,7 @@ class CallRegistry:
             limits=self.limits,
             on_connected=self._connected,
             on_ended=self._call_ended,
+            max_playback_hz=self._max_playback_hz,
         )
         self._calls[key] = call
         try:

@@ -33,6 +33,8 @@ class PipelineRuntime:
     usage_types: tuple[str, ...]
     avatars: AvatarEngines
     engines: Engines | None = None
+    # The highest audio rate the pipeline hears, told to browsers in the answer (media.opus_answer).
+    max_playback_hz: int | None = None
 
     async def aclose(self) -> None:
         await self.avatars.aclose()
@@ -63,6 +65,8 @@ async def start_pipelines(
             VoicePipeline, engines=engines, turn_config=turn_config, agent_store=agent_store, message_store=message_store,
             voice_store=voice_store,
         )
-        return PipelineRuntime(factory, avatar_factory, _MEDIA_TYPES + _ENGINE_TYPES, avatars, engines)
+        return PipelineRuntime(
+            factory, avatar_factory, _MEDIA_TYPES + _ENGINE_TYPES, avatars, engines, max_playback_hz=VoicePipeline.inbound_rate
+        )
     await avatars.aclose()
     raise ValueError(f"unknown PIPELINE {name!r}; choose one of {', '.join(PIPELINES)}")

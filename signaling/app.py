@@ -191,6 +191,7 @@ async def _storage_and_calls(app: web.Application) -> AsyncIterator[None]:
         limits=settings.limits.call,
         max_calls=settings.limits.max_calls,
         accounting=accounting,
+        max_playback_hz=pipelines.max_playback_hz,
     )
     app[keys.CALLS] = calls
     cluster = app[keys.CLUSTER] = Cluster(app, settings.node_id, settings.node_stale_seconds)

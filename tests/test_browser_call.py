@@ -1,4 +1,5 @@
-"""The real page in headless Chromium: connect, audio flows both ways (getStats), hang up."""
+"""The real page in headless Chromium: connect, audio flows both ways (getStats), hang up; and Chromium
+encodes its microphone no wider than the voice pipeline hears (the answer's maxplaybackrate)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media.aiortc_internals import tap_inbound_rtp
 from signaling import keys
 from tests.browser import chromium_args, require_chromium, write_wav
 from tests.conftest import RunningServer
@@ -65,6 +67,8 @@ async def test_page_connects_and_audio_flows_both_ways(loopback_server: RunningS
             session_id = await page.evaluate("window.voiceCall.sessionId")
             call = loopback_server.app[keys.CALLS].get(uuid.UUID(session_id))
             assert call is not None and call.state == "connected"
+            answer = await page.evaluate("window.voiceCall.pc.remoteDescription.sdp")
+            assert "maxplaybackrate" not in answer  # the echo hears the full band
 
             await page.click("#hangup")
             await page.wait_for_function("() => document.querySelector('#status').textContent === 'ended'", timeout=10_000)
@@ -97,6 +101,13 @@ async def test_page_shows_the_spoken_question_and_plays_the_answer(voice_server:
             await page.goto(voice_server.base_url + "/")
             await page.click("#connect")
             await page.wait_for_function("() => document.querySelector('#status').textContent === 'connected'", timeout=20_000)
+            session_id = await page.evaluate("window.voiceCall.sessionId")
+            call = voice_server.app[keys.CALLS].get(uuid.UUID(session_id))
+            assert call is not None
+            assert "maxplaybackrate=16000" in await page.evaluate("window.voiceCall.pc.remoteDescription.sdp")
+            receiver = next(t.receiver for t in call._pc.getTransceivers() if t.kind == "audio")
+            configs: list[int] = []
+            tap_inbound_rtp(receiver, lambda packet: configs.append(packet.payload[0] >> 3) if packet.payload else None)
             # The user's words appear on the page, then the agent's answer.
             await page.wait_for_function(
                 "() => [...document.querySelectorAll('#transcript li.user')].some(li => /time/i.test(li.textContent))",
@@ -113,6 +124,10 @@ async def test_page_shows_the_spoken_question_and_plays_the_answer(voice_server:
             after = await page.evaluate(STATS_JS)
             # The reply arrived as sound, not silence: audio energy grew while the bot spoke.
             assert after["energy"] - before["energy"] > 0.01, (before, after)
+            # Chromium's encoder kept to wideband, as the answer asked: SILK up to 16 kHz (TOC configs 0-11) or
+            # CELT narrow/wideband (16-23); never hybrid or CELT above 8 kHz of audio, which this pipeline drops.
+            assert len(configs) > 100 and any(config <= 11 for config in configs), sorted(set(configs))
+            assert all(config <= 11 or 16 <= config <= 23 for config in configs), sorted(set(configs))
             await page.click("#hangup")
         finally:
             await browser.close()
