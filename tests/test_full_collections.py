@@ -100,7 +100,7 @@ async def test_cpython_full_collections_are_off_while_held_and_restored_after() 
 async def test_a_due_full_collection_runs_right_after_a_tick() -> None:
     loop = asyncio.get_running_loop()
     clock = FrameClock(loop)
-    collections = FullCollections(loop, clock, idle_check_s=60)
+    collections = FullCollections(loop, clock, idle_check_s=60, measure_every_s=0)
     ticks: list[float] = []
     started_in_hook: list[tuple[int, bool]] = []
 
@@ -132,7 +132,7 @@ async def test_a_due_full_collection_runs_right_after_a_tick() -> None:
 async def test_with_no_stream_on_the_clock_the_idle_timer_collects() -> None:
     loop = asyncio.get_running_loop()
     clock = FrameClock(loop)
-    collections = FullCollections(loop, clock, idle_check_s=0.02)
+    collections = FullCollections(loop, clock, idle_check_s=0.02, measure_every_s=0)
     gc.collect()
     assert collections.install()
     try:
@@ -167,7 +167,7 @@ async def test_a_failing_after_tick_hook_does_not_stop_the_clock() -> None:
 
 async def test_without_growth_of_the_oldest_generation_no_full_collection_is_due() -> None:
     loop = asyncio.get_running_loop()
-    collections = FullCollections(loop, FrameClock(loop), idle_check_s=60)
+    collections = FullCollections(loop, FrameClock(loop), idle_check_s=60, measure_every_s=0)
     gc.collect()
     assert collections.install()
     try:
@@ -210,3 +210,21 @@ async def test_the_tick_after_a_long_collection_goes_out_as_soon_as_it_ends() ->
     queued = order.index("packet queued during the hook")
     assert order[:queued] == ["tick"] * 4  # the 4th tick was sent before the callback that queued
     assert clock.caught_up == 1 and clock.reanchored == 0
+
+
+async def test_the_generation_is_measured_at_most_once_per_interval() -> None:
+    loop = asyncio.get_running_loop()
+    collections = FullCollections(loop, FrameClock(loop), idle_check_s=60, measure_every_s=3600)
+    gc.collect()
+    assert collections.install()
+    try:
+        for _ in range(11):
+            gc.collect(1)
+        assert not collections.due  # measured now: nothing grew
+        kept = grow_oldest_generation()
+        assert not collections.due  # grown, but the next measurement is an hour away
+        collections._measure_every_s = 0
+        assert collections.due
+        del kept
+    finally:
+        collections.uninstall()
