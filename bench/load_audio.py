@@ -58,10 +58,8 @@ def opus_packets(samples: np.ndarray, max_playback_hz: int | None = None) -> lis
     codec.layout = "mono"
     codec.sample_rate = RATE
     codec.time_base = TIME_BASE
-    codec.options = {"application": "voip"}
     cutoff = next((band for rate, band in _CUTOFFS if max_playback_hz is not None and max_playback_hz <= rate), None)
-    if cutoff is not None:
-        codec.options = {"application": "voip", "cutoff": cutoff}
+    codec.options = {"application": "voip"} if cutoff is None else {"application": "voip", "cutoff": cutoff}
     packets: list[bytes] = []
     usable = samples[: samples.size // FRAME * FRAME]
     for index, chunk in enumerate(usable.reshape(-1, FRAME)):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import time
 from array import array
@@ -31,19 +30,10 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from bench.load_audio import MODES, clip
 from bench.load_rtp import FrameClock, IdleTrack, OutboundRtp, connected, tap_inbound_rtp
+from media.opus_answer import max_playback_of
 
 LATE_MS = 40.0  # beyond the 20 ms cadence
 Clips = dict[int | None, list[bytes]]  # the packets to send, by the answer's maxplaybackrate
-
-
-def max_playback_hz(answer_sdp: str) -> int | None:
-    """The maxplaybackrate an answer gives its Opus payload type, if any."""
-    opus = re.search(r"a=rtpmap:(\d+) opus/48000", answer_sdp, re.IGNORECASE)
-    if opus is None:
-        return None
-    fmtp = re.search(rf"a=fmtp:{opus.group(1)} ([^\r\n]*)", answer_sdp)
-    rate = re.search(r"maxplaybackrate=(\d+)", fmtp.group(1)) if fmtp else None
-    return int(rate.group(1)) if rate else None
 
 
 class Arrivals:
@@ -125,7 +115,7 @@ class LoadCall:
         self.offer_answer_ms = (time.monotonic() - sent) * 1000
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         await asyncio.wait_for(connected(pc), 20)
-        hz = max_playback_hz(answer["sdp"])
+        hz = max_playback_of(answer["sdp"])
         self.outbound = OutboundRtp(pc, self.clips[hz if hz in self.clips else None])
         self.clock.add(self.outbound)
         await asyncio.wait_for(self.arrivals.got_first.wait(), 20)

@@ -17,11 +17,11 @@ CPython's rule has two parts: more middle-generation collections since the last 
 long_lived_total: the full collection's cost is paid only when there may be that much to free). Python
 cannot read CPython's counter of objects moved to the oldest generation, so the growth is measured as
 the oldest generation's size now against just after the last full collection, at most once per
-middle-generation collection and once per MEASURE_EVERY_S (listing a generation of 800,000 objects holds
-the loop 14 ms; ~56,000 at 80 calls, under 1 ms): objects that were moved there and freed since by their reference counts do not count, and
-cyclic garbage, the one thing only a full collection frees, does. With calls that hold steady, the
-oldest generation stays the same size and full collections become rare (one per minute at ~80 calls
-before, 20-40 ms each).
+middle-generation collection and once per MEASURE_EVERY_S (listing a generation of 800,000 objects
+holds the loop 14 ms; ~56,000 at 80 calls, under 1 ms). Objects moved there and freed since by their
+reference counts do not count; cyclic garbage, the one thing only a full collection frees, does. With
+calls that hold steady, the oldest generation stays the same size and full collections become rare (one
+per minute at ~80 calls before, 20-40 ms each).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 
 FULL_BAND_HZ = 48_000
-_OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000", re.IGNORECASE)
+_OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000", re.IGNORECASE | re.MULTILINE)
+_FMTP = re.compile(r"^a=fmtp:(\d+) ")
 
 
 def with_max_playback(sdp: str, max_playback_hz: int | None) -> str:
@@ -25,14 +26,25 @@ def with_max_playback(sdp: str, max_playback_hz: int | None) -> str:
         return sdp
     newline = "\r\n" if "\r\n" in sdp else "\n"
     lines = sdp.split(newline)
-    opus = {match.group(1) for line in lines if (match := _OPUS_RTPMAP.match(line))}
+    opus = set(_OPUS_RTPMAP.findall(sdp))
+    with_fmtp = {match.group(1) for line in lines if (match := _FMTP.match(line))}
     out: list[str] = []
-    with_fmtp = {line.split()[0].split(":")[1] for line in lines if line.startswith("a=fmtp:")}
     for line in lines:
-        if line.startswith("a=fmtp:") and line.split()[0].split(":")[1] in opus and "maxplaybackrate=" not in line:
+        fmtp = _FMTP.match(line)
+        if fmtp and fmtp.group(1) in opus and "maxplaybackrate=" not in line:
             line = f"{line};maxplaybackrate={max_playback_hz}"
         out.append(line)
-        match = _OPUS_RTPMAP.match(line)
-        if match and match.group(1) not in with_fmtp:
-            out.append(f"a=fmtp:{match.group(1)} maxplaybackrate={max_playback_hz}")
+        rtpmap = _OPUS_RTPMAP.match(line)
+        if rtpmap and rtpmap.group(1) not in with_fmtp:
+            out.append(f"a=fmtp:{rtpmap.group(1)} maxplaybackrate={max_playback_hz}")
     return newline.join(out)
+
+
+def max_playback_of(sdp: str) -> int | None:
+    """The `maxplaybackrate` an SDP gives its (first) Opus payload type, if any: what a sender reads."""
+    opus = _OPUS_RTPMAP.search(sdp)
+    if opus is None:
+        return None
+    fmtp = re.search(rf"^a=fmtp:{opus.group(1)} ([^\r\n]*)", sdp, re.MULTILINE)
+    rate = re.search(r"maxplaybackrate=(\d+)", fmtp.group(1)) if fmtp else None
+    return int(rate.group(1)) if rate else None

@@ -4,7 +4,7 @@ Chromium encoding to wideband because of it.)"""
 
 from __future__ import annotations
 
-from media.opus_answer import with_max_playback
+from media.opus_answer import max_playback_of, with_max_playback
 
 ANSWER = "\r\n".join([
     "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0",
@@ -30,3 +30,10 @@ def test_every_opus_payload_type_gets_the_rate_and_nothing_else_changes() -> Non
 def test_a_full_band_pipeline_asks_for_nothing() -> None:
     assert with_max_playback(ANSWER, None) == ANSWER
     assert with_max_playback(ANSWER, 48_000) == ANSWER
+
+
+def test_a_sender_reads_back_the_rate_the_answer_gives() -> None:
+    assert max_playback_of(with_max_playback(ANSWER, 16_000)) == 16_000
+    assert max_playback_of(with_max_playback(ANSWER.replace("\r\n", "\n"), 12_000)) == 12_000
+    assert max_playback_of(ANSWER) is None
+    assert max_playback_of("m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n") is None
