@@ -49,8 +49,10 @@ MAX_SILENCE_CYCLE = 12
 # The largest sample magnitude of a frame sent as digital silence. More (4) already changes how the
 # speech around a word gap encodes (the encoder re-settles after each zeroed gap).
 NEAR_SILENCE = 2
-_ZEROS = np.zeros(_FRAME, dtype=np.int16)
-_ZEROS.flags.writeable = False
+# The one all-zero frame: read-only, so a frame that *is* it needs no look at its samples (the silent
+# bot sends it 50 times a second; encoder and sent-listeners check identity before they scan).
+SILENT_FRAME = np.zeros(_FRAME, dtype=np.int16)
+SILENT_FRAME.flags.writeable = False
 
 
 class InlineOpusEncoder:
@@ -80,9 +82,11 @@ class InlineOpusEncoder:
         """One 20 ms frame (960 int16 samples) -> the Opus payload for it."""
         if self._libopus is None and self._codec is None:
             raise RuntimeError("the encoder is closed")
-        silent = samples.size == _FRAME and int(samples.max()) <= NEAR_SILENCE and int(samples.min()) >= -NEAR_SILENCE
+        silent = samples is SILENT_FRAME or (
+            samples.size == _FRAME and int(samples.max()) <= NEAR_SILENCE and int(samples.min()) >= -NEAR_SILENCE
+        )
         if silent:
-            samples = _ZEROS
+            samples = SILENT_FRAME
         if silent and self._silence is not None:
             payload = self._silence[self._silence_at]
             self._silence_at = (self._silence_at + 1) % len(self._silence)

@@ -10,7 +10,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.audio_buffer import SampleQueue
-from media.opus_encoder import TIME_BASE, InlineOpusEncoder
+from media.opus_encoder import SILENT_FRAME, TIME_BASE, InlineOpusEncoder
 from media.pacing import FramePacer
 from media.relay_audio import RelayAudioBuffer
 
@@ -18,8 +18,7 @@ SAMPLE_RATE = 48_000
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
 
-_SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-_SILENCE.flags.writeable = False
+assert SILENT_FRAME.size == FRAME_SAMPLES
 
 
 class PacedAudioTrack(MediaStreamTrack):
@@ -106,7 +105,7 @@ class PacedAudioTrack(MediaStreamTrack):
         elif len(self.queue):
             samples, real = self.queue.pop(FRAME_SAMPLES)
         else:
-            samples, real = _SILENCE, 0  # what an empty queue pops, without making it
+            samples, real = SILENT_FRAME, 0  # what an empty queue pops, without making it
         payload = encoder.encode_payload(samples)
         for listener in self.sent_listeners:
             listener(samples)

@@ -76,3 +76,32 @@ async def test_the_gate_follows_the_loudest_recent_frame() -> None:
     for _ in range(30):  # 600 ms of silence sent
         gate.on_sent(np.zeros(FRAME, np.int16))
     assert gate.threshold() == 0.0
+
+
+def test_the_kept_loudest_is_the_loudest_of_the_span() -> None:
+    """The gate keeps its loudest peak as frames come and go; it must always equal a fresh search of
+    the span, whatever the order of loud, quiet, repeated and shared-silence frames."""
+    from media.echo_gate import ECHO_SPAN_MS, FRAME_MS
+    from media.opus_encoder import SILENT_FRAME
+
+    rng = np.random.default_rng(7)
+    gate = EchoGate()
+    span = ECHO_SPAN_MS // FRAME_MS
+    sent: list[int] = []
+    for step in range(3000):
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            frame = SILENT_FRAME
+        elif kind == 1:
+            frame = np.zeros(960, np.int16)  # silence that is not the shared frame
+        else:
+            level = int(rng.choice([1, 100, 5000, 20000, 32767]))
+            frame = rng.integers(-level, level + 1, 960).astype(np.int16)
+            if kind == 3 and sent:  # the very peak leaving the span again
+                frame = np.full(960, sent[-1], np.int16)
+        gate.on_sent(frame)
+        sent.append(max(int(frame.max()), -int(frame.min())))
+        expected = max(sent[-span:]) * 10 ** (-20 / 20)
+        assert gate.threshold() == pytest.approx(expected), step
+        probe = np.full(320, int(expected * 0.9) if expected else 1, np.int16)
+        assert gate.is_echo(probe) == (expected > 0 and int(probe[0]) < expected), step
