@@ -14,7 +14,8 @@ than metering wrongly or failing inside a call.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from importlib.metadata import version
 
 from aiortc import RTCIceCandidate, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
@@ -65,9 +66,11 @@ def tap_inbound_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], N
     """
     handle = receiver._handle_rtp_packet
 
-    async def observed(packet: RtpPacket, arrival_time_ms: int) -> None:
+    def observed(packet: RtpPacket, arrival_time_ms: int) -> Coroutine[Any, Any, None]:
+        # A plain function handing back the handler's coroutine: the transport awaits that one, so no
+        # coroutine of our own is made and stepped for every packet.
         on_packet(packet)
-        await handle(packet, arrival_time_ms)
+        return handle(packet, arrival_time_ms)
 
     receiver._handle_rtp_packet = observed  # type: ignore[method-assign]
 

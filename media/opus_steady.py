@@ -57,7 +57,8 @@ class SteadyDecodes:
         repeats = payload in self._recent
         self._recent.append(payload)
         if not repeats:  # speech: nothing here will come again
-            self._forget()
+            if self._states:
+                self._forget()
             return
         state = self._read_state()
         came_from = self._at

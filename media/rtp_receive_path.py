@@ -29,6 +29,7 @@ import asyncio
 import fractions
 import inspect
 import logging
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -37,7 +38,7 @@ import av
 import numpy as np
 import pylibsrtp
 from aioice.ice import StunProtocol
-from aiortc import RTCRtpReceiver, clock
+from aiortc import RTCRtpReceiver
 from aiortc.codecs import get_decoder
 from aiortc.codecs.base import Decoder
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
@@ -57,6 +58,15 @@ _MAX_EARLY_FRAMES = 250
 _RTP_TIME_BASE = fractions.Fraction(1, 48_000)  # Opus's RTP clock, whatever rate it is decoded at
 _S16 = av.AudioFormat("s16")
 _MONO = av.AudioLayout("mono")
+
+_NTP_UNIX_OFFSET_US = 2_208_988_800 * 1_000_000  # from 1900-01-01 (NTP's epoch) to 1970-01-01
+
+
+def ntp_ms(time_ns: int) -> int:
+    """aiortc's clock.current_ms() for the wall-clock time `time_ns` (ms since the NTP epoch), without
+    its datetime arithmetic: datetime.now's microseconds (floored), then total_seconds() * 1000."""
+    return int((time_ns // 1000 + _NTP_UNIX_OFFSET_US) / 1_000_000 * 1000)
+
 
 # The protocols whose datagrams were rerouted, by DTLS transport (to undo it at the end of the call).
 _rerouted: weakref.WeakKeyDictionary[RTCDtlsTransport, list[StunProtocol]] = weakref.WeakKeyDictionary()
@@ -232,7 +242,7 @@ def _srtp_first(dtls: RTCDtlsTransport, usual: Callable[[bytes, tuple[Any, ...]]
         ):  # fmt: skip
             dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
             dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
-            arrival_time_ms = clock.current_ms()
+            arrival_time_ms = ntp_ms(time.time_ns())
             try:
                 data = dtls._rx_srtp.unprotect(data)
             except pylibsrtp.Error:

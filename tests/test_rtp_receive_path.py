@@ -368,3 +368,23 @@ async def test_an_aiortc_without_the_decoder_queue_is_refused(monkeypatch: pytes
     monkeypatch.setattr(rtp_receive_path, "source_of", lambda owner, name: "")
     with pytest.raises(UnsupportedAiortc, match="decoder"):
         check_aiortc()
+
+
+def test_the_arrival_clock_is_aiortcs_clock_to_the_millisecond() -> None:
+    """ntp_ms gives what aiortc's clock.current_ms() gives for the same instant (floored to the
+    microsecond, as datetime.now takes it), across the range of instants a call can see."""
+    import datetime
+
+    from aiortc import clock
+
+    rng = np.random.default_rng(3)
+    unix_epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    instants = [int(v) for v in rng.integers(1_600_000_000 * 10**9, 4_000_000_000 * 10**9, 20_000)]
+    instants += [1_795_000_000_999_999_999, 1_795_000_000_000_000_000, 1_795_000_000_000_999_000]
+    for time_ns in instants:
+        at = unix_epoch + datetime.timedelta(microseconds=time_ns // 1000)
+        expected = int((at - clock.NTP_EPOCH).total_seconds() * 1000)
+        assert rtp_receive_path.ntp_ms(time_ns) == expected, time_ns
+    import time
+
+    assert abs(rtp_receive_path.ntp_ms(time.time_ns()) - clock.current_ms()) <= 2
