@@ -18,7 +18,7 @@ class _Segment(Protocol):
 # polite closings are real speech often enough that they are dropped only when Whisper
 # itself was unsure of them.
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[\u266a\u266b\u266c]")
-_FILLER_WORDS = frozenset({"you", "uh", "um", "umm", "hmm", "hm", "mm", "mhm", "ah", "oh", "huh", "eh"})
+_FILLER_WORDS = frozenset({"you", "u", "uh", "um", "umm", "hmm", "hm", "mm", "mhm", "ah", "oh", "huh", "eh"})
 _ALWAYS_NOISE = frozenset({"thanks for watching", "thank you for watching", "please subscribe", "subscribe"})
 _NOISE_PREFIXES = ("subtitles by", "captions by", "transcribed by", "transcription by")
 _UNSURE_NOISE = frozenset({"thank you", "thanks", "bye", "goodbye", "okay", "ok", "so", "yeah", "i'm sorry"})

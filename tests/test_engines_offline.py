@@ -158,6 +158,7 @@ async def test_whisper_hallucinations_are_dropped_unless_confident() -> None:
     assert clean_transcript([Segment(" [BLANK_AUDIO]")]) == ""
     assert clean_transcript([Segment(" (upbeat music)")]) == ""
     assert clean_transcript([Segment(" You")]) == ""
+    assert clean_transcript([Segment(" U...", no_speech_prob=0.55, avg_logprob=-1.4)]) == ""  # a breath, as Whisper hears it on some CPUs
     assert clean_transcript([Segment(" Thanks for watching!")]) == ""
     assert clean_transcript([Segment(" Thank you.", no_speech_prob=0.8, avg_logprob=-1.5)]) == ""
     assert clean_transcript([Segment(" Thank you.")]) == "Thank you."  # a confident, real thank-you
