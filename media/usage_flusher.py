@@ -63,6 +63,9 @@ class UsageFlusher:
         self._quotas = quotas
         self._interval_s = interval_s
         self._ended: dict[str, _EndedCall] = {}
+        # (session, meter) -> the total last written for a live call: a meter that has not moved since
+        # is not sent again (Postgres would skip it anyway; most of a call's meters rest most seconds).
+        self._written: dict[tuple[str, str], int] = {}
         self._lock = asyncio.Lock()  # one flush at a time: the loop and a call's end may race
         self.flushes = 0
         self.failures = 0
@@ -98,14 +101,23 @@ class UsageFlusher:
 
     async def _flush_locked(self) -> bool:
         readings: list[MeterReading] = []
+        moved: dict[tuple[str, str], int] = {}
+        live: set[str] = set()
+        written = self._written
         for call in self._live_calls():
-            if call.session_id not in self._ended:
-                readings.extend(readings_of(call.session_id, call.user_id, call.usage_snapshot()))
+            session_id = call.session_id
+            if session_id not in self._ended:
+                live.add(session_id)
+                samples = [s for s in call.usage_snapshot() if written.get((session_id, s.meter)) != s.amount]
+                moved.update(((session_id, s.meter), s.amount) for s in samples)
+                readings.extend(readings_of(session_id, call.user_id, samples))
         ended = dict(self._ended)
         for session_id, end in ended.items():
-            readings.extend(readings_of(session_id, end.user_id, end.final))
+            readings.extend(readings_of(session_id, end.user_id, end.final))  # all of them, at every try
         try:
             await self._usage.flush(readings)
+            self._written = {key: amount for key, amount in written.items() if key[0] in live}
+            self._written.update(moved)
             for session_id, end in ended.items():
                 # Totals first, then the end, then the unused quota back: each step is idempotent.
                 await self._sessions.end(uuid.UUID(session_id), end.reason)
