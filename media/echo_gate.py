@@ -48,9 +48,10 @@ class EchoGate:
 
     def is_echo(self, inbound: np.ndarray) -> bool:
         """Whether this inbound audio (int16, any rate) is too quiet, next to the bot's voice, to be the user."""
-        if not self._loudest or not inbound.size:
+        floor = self.threshold()
+        if floor <= 0.0 or not inbound.size:
             return False
-        echo = _peak(inbound) < self._loudest * _MARGIN
+        echo = _peak(inbound) < floor
         self.frames_held_back += echo
         return echo
 

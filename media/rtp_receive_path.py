@@ -59,13 +59,13 @@ _RTP_TIME_BASE = fractions.Fraction(1, 48_000)  # Opus's RTP clock, whatever rat
 _S16 = av.AudioFormat("s16")
 _MONO = av.AudioLayout("mono")
 
-_NTP_UNIX_OFFSET_US = 2_208_988_800 * 1_000_000  # from 1900-01-01 (NTP's epoch) to 1970-01-01
+NTP_UNIX_OFFSET_S = 2_208_988_800  # seconds from 1900-01-01 (NTP's epoch) to 1970-01-01
 
 
 def ntp_ms(time_ns: int) -> int:
     """aiortc's clock.current_ms() for the wall-clock time `time_ns` (ms since the NTP epoch), without
     its datetime arithmetic: datetime.now's microseconds (floored), then total_seconds() * 1000."""
-    return int((time_ns // 1000 + _NTP_UNIX_OFFSET_US) / 1_000_000 * 1000)
+    return int((time_ns // 1000 + NTP_UNIX_OFFSET_S * 1_000_000) / 1_000_000 * 1000)
 
 
 # The protocols whose datagrams were rerouted, by DTLS transport (to undo it at the end of the call).

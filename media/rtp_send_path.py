@@ -35,10 +35,10 @@ from aiortc.utils import random32
 
 from media.frame_clock import FrameClock, frame_clock
 from media.outbound_audio import FRAME_SAMPLES, PacedAudioTrack
+from media.rtp_receive_path import NTP_UNIX_OFFSET_S
 
 log = logging.getLogger(__name__)
 
-_NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900 (NTP's epoch) to 1970
 _SEQUENCE_TIMESTAMP = struct.Struct("!HL")
 
 # Attributes of aiortc objects this module reads or writes, by where aiortc sets them up.
@@ -194,7 +194,7 @@ class ClockedRtpStream:
             return True  # read and dropped, as aiortc does
         sequence_number = self._sequence_number
         timestamp = (self._timestamp_origin + pts) & 0xFFFFFFFF
-        now = time.time() + _NTP_UNIX_OFFSET
+        now = time.time() + NTP_UNIX_OFFSET_S
         ntp = (int(now) << 32) | int((now % 1) * 4_294_967_296)
         if self._template is not None:
             self._history[sequence_number % RTP_HISTORY_SIZE] = (sequence_number, timestamp, payload)  # type: ignore[assignment]

@@ -88,12 +88,6 @@ class BatchedVad:
             return
         flat = samples.reshape(-1)
         window = self._window
-        filled = self._filled
-        if filled + flat.size < WINDOW_SAMPLES:  # the usual 20 ms chunk that completes no window
-            start = CONTEXT_SAMPLES + filled
-            np.multiply(flat, INT16_SCALE, out=window[start : start + flat.size], casting="unsafe")
-            self._filled = filled + flat.size
-            return
         while flat.size:
             take = min(WINDOW_SAMPLES - self._filled, flat.size)
             start = CONTEXT_SAMPLES + self._filled
