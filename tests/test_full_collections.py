@@ -12,6 +12,7 @@ import sys
 import time
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,6 +31,16 @@ def thresholds_released() -> Iterator[None]:
     finally:
         if running is not None:
             assert running.install()
+
+
+@contextmanager
+def installed(collections: FullCollections) -> Iterator[FullCollections]:
+    """The collections holding the process's thresholds for the block, released on every way out."""
+    assert collections.install()
+    try:
+        yield collections
+    finally:
+        collections.uninstall()
 
 
 class Cycle:
@@ -109,24 +120,23 @@ async def test_a_due_full_collection_runs_right_after_a_tick() -> None:
             started_in_hook.append((len(ticks), in_after_tick()))
 
     gc.collect()
-    assert collections.install()
-    stream = clock.add(lambda: ticks.append(loop.time()))
-    gc.callbacks.append(on_gc)
-    try:
-        await asyncio.sleep(0.1)
-        assert len(ticks) >= 3 and collections.collections == 0  # not due: ticks alone collect nothing
-        ref = old_garbage_cycle()
-        kept = make_due(collections)
-        assert ref() is not None
-        await asyncio.sleep(0.1)
-        assert ref() is None and collections.collections == 1 and not collections.due
-        assert started_in_hook and all(in_hook for _, in_hook in started_in_hook)
-        assert started_in_hook[0][0] >= 4  # after the tick that sent this stream's frame
-        del kept
-    finally:
-        gc.callbacks.remove(on_gc)
-        clock.remove(stream)
-        collections.uninstall()
+    with installed(collections):
+        stream = clock.add(lambda: ticks.append(loop.time()))
+        gc.callbacks.append(on_gc)
+        try:
+            await asyncio.sleep(0.1)
+            assert len(ticks) >= 3 and collections.collections == 0  # not due: ticks alone collect nothing
+            ref = old_garbage_cycle()
+            kept = make_due(collections)
+            assert ref() is not None
+            await asyncio.sleep(0.1)
+            assert ref() is None and collections.collections == 1 and not collections.due
+            assert started_in_hook and all(in_hook for _, in_hook in started_in_hook)
+            assert started_in_hook[0][0] >= 4  # after the tick that sent this stream's frame
+            del kept
+        finally:
+            gc.callbacks.remove(on_gc)
+            clock.remove(stream)
 
 
 async def test_with_no_stream_on_the_clock_the_idle_timer_collects() -> None:
@@ -134,8 +144,7 @@ async def test_with_no_stream_on_the_clock_the_idle_timer_collects() -> None:
     clock = FrameClock(loop)
     collections = FullCollections(loop, clock, idle_check_s=0.02, measure_every_s=0)
     gc.collect()
-    assert collections.install()
-    try:
+    with installed(collections):
         ref = old_garbage_cycle()
         kept = make_due(collections)
         for _ in range(50):
@@ -144,8 +153,6 @@ async def test_with_no_stream_on_the_clock_the_idle_timer_collects() -> None:
                 break
         assert ref() is None and collections.collections == 1 and len(clock) == 0
         del kept
-    finally:
-        collections.uninstall()
 
 
 async def test_a_failing_after_tick_hook_does_not_stop_the_clock() -> None:
@@ -169,8 +176,7 @@ async def test_without_growth_of_the_oldest_generation_no_full_collection_is_due
     loop = asyncio.get_running_loop()
     collections = FullCollections(loop, FrameClock(loop), idle_check_s=60, measure_every_s=0)
     gc.collect()
-    assert collections.install()
-    try:
+    with installed(collections):
         threshold = gc.get_threshold()
         for _ in range(3 * 10 + 5):  # far past CPython's count of middle-generation collections
             gc.collect(1)
@@ -184,8 +190,6 @@ async def test_without_growth_of_the_oldest_generation_no_full_collection_is_due
         assert collections.collections == 1 and ref() is None and not collections.due
         assert gc.get_threshold() == threshold
         del kept
-    finally:
-        collections.uninstall()
 
 
 async def test_the_tick_after_a_long_collection_goes_out_as_soon_as_it_ends() -> None:
@@ -216,8 +220,7 @@ async def test_the_generation_is_measured_at_most_once_per_interval() -> None:
     loop = asyncio.get_running_loop()
     collections = FullCollections(loop, FrameClock(loop), idle_check_s=60, measure_every_s=3600)
     gc.collect()
-    assert collections.install()
-    try:
+    with installed(collections):
         for _ in range(11):
             gc.collect(1)
         assert not collections.due  # measured now: nothing grew
@@ -226,5 +229,3 @@ async def test_the_generation_is_measured_at_most_once_per_interval() -> None:
         collections._measure_every_s = 0
         assert collections.due
         del kept
-    finally:
-        collections.uninstall()
