@@ -20,8 +20,12 @@ local fakes of bench/cloud_fakes.py; the bot's speech costs this process its enc
 Each run waits (2 min at most) for a machine with nothing else running; one where other work still took
 more than 5% of a core beside ours is run again (once), and marked CONTENDED if it still was.
 
+--calibrate reads the machine before the runs and after the sweeps: stock aiortc's echo at 10 speaking calls,
+against the 8.1% of a core a call it took when the performance goals were set. This machine's speed drifts (the
+same code has held 73 and 222 listening calls a core on different days), so a count means little without it.
+
 Usage: python bench/load.py [--calls 10] [--seconds 20] [--servers ours,aiortc,pipecat] [--pipeline loopback]
-                            [--modes speaking,listening[,muted]] [--sweep] [--sweep-seconds 15]
+                            [--modes speaking,listening[,muted]] [--sweep] [--sweep-seconds 15] [--calibrate]
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ CONTENDED_WAIT_S = 20.0
 QUIET_PCT = 8.0  # all cores together, before a run starts
 QUIET_WAIT_S = 120.0
 ECHO_MODES = ("speaking", "listening")  # muted is listening's audio, for an echo
+# Stock aiortc's echo, 10 speaking calls, CPU a call, on the day the goals were set (the performance issue).
+REFERENCE_AIORTC_PCT = 8.1
+CALIBRATION_CALLS = 10
 
 
 def run_once(server: str, calls: int, seconds: float, mode: str, pipeline: str) -> Figures:
@@ -114,6 +121,14 @@ def report(results: list[Figures]) -> None:
         print(f"WARNING: {f.server} {f.mode}: the load generators used {f.generator_cpu:.0f}% of their cores: they may be the bottleneck")
 
 
+def calibrate(seconds: float) -> float:
+    """Stock aiortc's echo CPU a call at CALIBRATION_CALLS speaking calls, on this machine now."""
+    figures = run_once("aiortc", CALIBRATION_CALLS, seconds, "speaking", "loopback")
+    print(f"MACHINE: stock aiortc's echo takes {figures.cpu_per_call:.2f}% of a core a call at {CALIBRATION_CALLS} calls "
+          f"({REFERENCE_AIORTC_PCT}% when the goals were set: {REFERENCE_AIORTC_PCT / figures.cpu_per_call:.2f}x as fast now)", flush=True)  # fmt: skip
+    return figures.cpu_per_call
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 and not math.isnan(a) and not math.isnan(b) else "n/a"
 
@@ -151,6 +166,7 @@ def main() -> None:
     parser.add_argument("--sweep-servers", default="ours")
     parser.add_argument("--sweep-seconds", type=float, default=15)
     parser.add_argument("--sweep-start", type=int, default=0, help="first count tried (default: from the fixed run)")
+    parser.add_argument("--calibrate", action="store_true", help="read the machine's speed by stock aiortc's echo, before and after")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m] or list(MODES if args.pipeline == "voice" else ECHO_MODES)
     if unknown := set(modes) - set(MODES):
@@ -167,9 +183,11 @@ def main() -> None:
             servers.append(name)
     print(f"server on core 0; load generators on cores {sorted(load_cores())}; late frame: > 40 ms beyond the 20 ms cadence, limit {LATE_LIMIT_PCT}%")
     os.sched_setaffinity(0, load_cores())  # this driver (and the cloud fakes' thread) beside the load
+    readings = [calibrate(args.seconds)] if args.calibrate and skip_reason("aiortc") is None else []
     results = [run_once(s, args.calls, args.seconds, m, args.pipeline) for m in modes for s in servers]
     report(results)
     if not args.sweep:
+        report_machine(readings + [calibrate(args.seconds)] if readings else [], {})
         return
     held: dict[tuple[str, str], int] = {}
     for name in (s for s in args.sweep_servers.split(",") if s and s in servers):
@@ -184,6 +202,19 @@ def main() -> None:
     for (name, mode), calls in held.items():
         versus = ", ".join(f"{calls / held[other, mode]:.2f}x {other}" for other in SERVERS if other != name and held.get((other, mode)))
         print(f"SWEEP {name} {mode}: {calls} calls a core" + (f" ({versus})" if versus else ""))
+    report_machine(readings + [calibrate(args.seconds)] if readings else [], held)
+
+
+def report_machine(readings: list[float], held: dict[tuple[str, str], int]) -> None:
+    """The machine's readings, and each sweep's count scaled to the speed the goals were set at."""
+    if not readings:
+        return
+    slowest, fastest = max(readings), min(readings)
+    print(f"MACHINE: stock aiortc's echo {' then '.join(f'{r:.2f}%' for r in readings)} a call "
+          f"(goals set at {REFERENCE_AIORTC_PCT}%)")  # fmt: skip
+    for (name, mode), calls in held.items():
+        low, high = calls * fastest / REFERENCE_AIORTC_PCT, calls * slowest / REFERENCE_AIORTC_PCT
+        print(f"SWEEP {name} {mode}: {calls} calls here; scaled to the goals' machine by that reading, ~{low:.0f}-{high:.0f}")
 
 
 if __name__ == "__main__":
