@@ -121,12 +121,16 @@ def report(results: list[Figures]) -> None:
         print(f"WARNING: {f.server} {f.mode}: the load generators used {f.generator_cpu:.0f}% of their cores: they may be the bottleneck")
 
 
-def calibrate(seconds: float) -> float:
-    """Stock aiortc's echo CPU a call at CALIBRATION_CALLS speaking calls, on this machine now."""
+def calibrate(seconds: float, readings: list[float]) -> None:
+    """Add stock aiortc's echo CPU a call at CALIBRATION_CALLS speaking calls, on this machine now."""
     figures = run_once("aiortc", CALIBRATION_CALLS, seconds, "speaking", "loopback")
-    print(f"MACHINE: stock aiortc's echo takes {figures.cpu_per_call:.2f}% of a core a call at {CALIBRATION_CALLS} calls "
-          f"({REFERENCE_AIORTC_PCT}% when the goals were set: {REFERENCE_AIORTC_PCT / figures.cpu_per_call:.2f}x as fast now)", flush=True)  # fmt: skip
-    return figures.cpu_per_call
+    reading = figures.cpu_per_call
+    if figures.failed or math.isnan(reading) or reading <= 0:
+        print("MACHINE: the calibration run failed; this reading is left out", flush=True)
+        return
+    readings.append(reading)
+    print(f"MACHINE: stock aiortc's echo takes {reading:.2f}% of a core a call at {CALIBRATION_CALLS} calls "
+          f"({REFERENCE_AIORTC_PCT}% when the goals were set: {REFERENCE_AIORTC_PCT / reading:.2f}x as fast now)", flush=True)  # fmt: skip
 
 
 def ratio(a: float, b: float) -> str:
@@ -183,11 +187,15 @@ def main() -> None:
             servers.append(name)
     print(f"server on core 0; load generators on cores {sorted(load_cores())}; late frame: > 40 ms beyond the 20 ms cadence, limit {LATE_LIMIT_PCT}%")
     os.sched_setaffinity(0, load_cores())  # this driver (and the cloud fakes' thread) beside the load
-    readings = [calibrate(args.seconds)] if args.calibrate and skip_reason("aiortc") is None else []
+    readings: list[float] = []
+    if args.calibrate and (reason := skip_reason("aiortc")) is not None:
+        print(f"not calibrating: {reason}")
+    elif args.calibrate:
+        calibrate(args.seconds, readings)
     results = [run_once(s, args.calls, args.seconds, m, args.pipeline) for m in modes for s in servers]
     report(results)
     if not args.sweep:
-        report_machine(readings + [calibrate(args.seconds)] if readings else [], {})
+        report_machine(args, readings, {})
         return
     held: dict[tuple[str, str], int] = {}
     for name in (s for s in args.sweep_servers.split(",") if s and s in servers):
@@ -202,11 +210,14 @@ def main() -> None:
     for (name, mode), calls in held.items():
         versus = ", ".join(f"{calls / held[other, mode]:.2f}x {other}" for other in SERVERS if other != name and held.get((other, mode)))
         print(f"SWEEP {name} {mode}: {calls} calls a core" + (f" ({versus})" if versus else ""))
-    report_machine(readings + [calibrate(args.seconds)] if readings else [], held)
+    report_machine(args, readings, held)
 
 
-def report_machine(readings: list[float], held: dict[tuple[str, str], int]) -> None:
-    """The machine's readings, and each sweep's count scaled to the speed the goals were set at."""
+def report_machine(args: argparse.Namespace, readings: list[float], held: dict[tuple[str, str], int]) -> None:
+    """Read the machine once more, then print its readings and each sweep's count scaled to the goals' speed."""
+    if not args.calibrate or skip_reason("aiortc") is not None:
+        return
+    calibrate(args.seconds, readings)
     if not readings:
         return
     slowest, fastest = max(readings), min(readings)
