@@ -188,14 +188,16 @@ def main() -> None:
     print(f"server on core 0; load generators on cores {sorted(load_cores())}; late frame: > 40 ms beyond the 20 ms cadence, limit {LATE_LIMIT_PCT}%")
     os.sched_setaffinity(0, load_cores())  # this driver (and the cloud fakes' thread) beside the load
     readings: list[float] = []
-    if args.calibrate and (reason := skip_reason("aiortc")) is not None:
+    calibrating = args.calibrate and (reason := skip_reason("aiortc")) is None
+    if args.calibrate and not calibrating:
         print(f"not calibrating: {reason}")
-    elif args.calibrate:
+    if calibrating:
         calibrate(args.seconds, readings)
     results = [run_once(s, args.calls, args.seconds, m, args.pipeline) for m in modes for s in servers]
     report(results)
     if not args.sweep:
-        report_machine(args, readings, {})
+        if calibrating:
+            report_machine(args.seconds, readings, {})
         return
     held: dict[tuple[str, str], int] = {}
     for name in (s for s in args.sweep_servers.split(",") if s and s in servers):
@@ -210,14 +212,13 @@ def main() -> None:
     for (name, mode), calls in held.items():
         versus = ", ".join(f"{calls / held[other, mode]:.2f}x {other}" for other in SERVERS if other != name and held.get((other, mode)))
         print(f"SWEEP {name} {mode}: {calls} calls a core" + (f" ({versus})" if versus else ""))
-    report_machine(args, readings, held)
+    if calibrating:
+        report_machine(args.seconds, readings, held)
 
 
-def report_machine(args: argparse.Namespace, readings: list[float], held: dict[tuple[str, str], int]) -> None:
+def report_machine(seconds: float, readings: list[float], held: dict[tuple[str, str], int]) -> None:
     """Read the machine once more, then print its readings and each sweep's count scaled to the goals' speed."""
-    if not args.calibrate or skip_reason("aiortc") is not None:
-        return
-    calibrate(args.seconds, readings)
+    calibrate(seconds, readings)
     if not readings:
         return
     slowest, fastest = max(readings), min(readings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -385,6 +386,4 @@ def test_the_arrival_clock_is_aiortcs_clock_to_the_millisecond() -> None:
         at = unix_epoch + datetime.timedelta(microseconds=time_ns // 1000)
         expected = int((at - clock.NTP_EPOCH).total_seconds() * 1000)
         assert rtp_receive_path.ntp_ms(time_ns) == expected, time_ns
-    import time
-
     assert abs(rtp_receive_path.ntp_ms(time.time_ns()) - clock.current_ms()) <= 2
