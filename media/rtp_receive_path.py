@@ -60,12 +60,13 @@ _S16 = av.AudioFormat("s16")
 _MONO = av.AudioLayout("mono")
 
 NTP_UNIX_OFFSET_S = 2_208_988_800  # seconds from 1900-01-01 (NTP's epoch) to 1970-01-01
+_NTP_UNIX_OFFSET_US = NTP_UNIX_OFFSET_S * 1_000_000  # once here, not per packet
 
 
 def ntp_ms(time_ns: int) -> int:
     """aiortc's clock.current_ms() for the wall-clock time `time_ns` (ms since the NTP epoch), without
     its datetime arithmetic: datetime.now's microseconds (floored), then total_seconds() * 1000."""
-    return int((time_ns // 1000 + NTP_UNIX_OFFSET_S * 1_000_000) / 1_000_000 * 1000)
+    return int((time_ns // 1000 + _NTP_UNIX_OFFSET_US) / 1_000_000 * 1000)
 
 
 # The protocols whose datagrams were rerouted, by DTLS transport (to undo it at the end of the call).
